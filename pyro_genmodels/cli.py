@@ -1,0 +1,350 @@
+"""The ``pyro-genmodels`` command: ``train``, ``evaluate``, ``sample``, ``list``.
+
+Bad input (unknown names, missing or corrupt files, wrong shapes or values)
+exits non-zero with one line on stderr and no traceback; set
+``PYRO_GENMODELS_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _hidden_dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return dims
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_train(sub) -> None:
+    from .data import BINARIZATIONS, DATASETS
+    from .infer.train import OBJECTIVES, OPTIMIZERS
+
+    p = sub.add_parser(
+        "train",
+        help="train a model on a data set; writes RUN_DIR/checkpoint.pt and metrics.jsonl",
+        description="Train a model by SVI. Each epoch writes RUN_DIR/checkpoint.pt atomically "
+        "(resumable with --resume) and appends to RUN_DIR/metrics.jsonl.",
+    )
+    p.add_argument("--model", help="model name (pyro-genmodels list); required unless --resume")
+    p.add_argument("--guide", help="posterior family q(z|x) for latent-variable models")
+    p.add_argument("--dataset", choices=DATASETS, help="data set; required unless --resume")
+    p.add_argument("--data-dir", help="data directory (default: $PYRO_GENMODELS_DATA or cache)")
+    p.add_argument("--epochs", type=_positive, help="number of epochs to reach (default 10)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--batch-size", type=_positive, default=128, help="minibatch size (128)")
+    p.add_argument("--latent-dim", type=_positive, help="size of z for latent-variable models")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when available, else CPU",
+    )
+    p.add_argument("--limit", type=_positive, help="keep the first N training examples")
+    p.add_argument("--likelihood", help="p(x|z) or pixel likelihood, e.g. bernoulli, gaussian")
+    p.add_argument(
+        "--binarization",
+        choices=BINARIZATIONS,
+        default="static",
+        help="for Bernoulli likelihoods on grey-level data: sample once (static) or "
+        "every batch (dynamic); binarized-mnist is static",
+    )
+    p.add_argument("--network", choices=("mlp", "conv"), help="VAE encoder/decoder type")
+    p.add_argument("--hidden-dims", type=_hidden_dims, help="e.g. 512,256 (VAE encoder widths)")
+    p.add_argument(
+        "--set",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other model config key, e.g. --set gaussian_scale=0.1",
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer (adam)")
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="elbo",
+        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)",
+    )
+    p.add_argument("--num-particles", type=_positive, default=1, help="ELBO particles (1)")
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight (1.0; beta-VAE if > 1)")
+    p.add_argument(
+        "--anneal-epochs",
+        type=float,
+        default=0.0,
+        help="linear KL annealing from 0 to beta over this many epochs (0: off)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-download", action="store_true", help="never try to download data")
+    p.set_defaults(func=cmd_train)
+
+
+def _model_config(args) -> dict:
+    config = dict(args.set)
+    for key in ("guide", "latent_dim", "likelihood", "network", "hidden_dims"):
+        value = getattr(args, key)
+        if value is not None:
+            config[key] = value
+    return config
+
+
+def _print_epoch(row: dict) -> None:
+    parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.3f}"]
+    if "valid_elbo" in row:
+        parts.append(f"valid ELBO {row['valid_elbo']:.3f}")
+    if row.get("valid_kl") == row.get("valid_kl") and "valid_kl" in row:
+        parts.append(f"KL {row['valid_kl']:.2f}")
+    parts.append(f"{row['seconds']:.1f}s")
+    print("  ".join(parts), flush=True)
+
+
+def cmd_train(args) -> int:
+    from .infer import TrainConfig
+    from .runs import train_run
+
+    if not args.resume and (args.model is None or args.dataset is None):
+        raise ValueError("train needs --model and --dataset (or --resume with an existing --out)")
+    config = TrainConfig(
+        epochs=args.epochs or 10,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        objective=args.objective,
+        num_particles=args.num_particles,
+        beta=args.beta,
+        anneal_epochs=args.anneal_epochs,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if args.resume and args.epochs is None:
+        raise ValueError("--resume needs --epochs, the total number of epochs to reach")
+    _, metrics = train_run(
+        args.model,
+        args.dataset,
+        args.out,
+        model_config=_model_config(args),
+        train_config=config,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        binarization=args.binarization,
+        download=not args.no_download,
+        resume=args.resume,
+        on_epoch_end=_print_epoch,
+    )
+    print(f"trained {metrics[-1]['epoch'] if metrics else 0} epochs; run directory: {args.out}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    from .data import DATASETS, SPLITS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="importance-weighted (or exact) test log p(x) of a run, with PSIS diagnostics",
+        description="Estimate log p(x) per example by importance sampling from q(z|x) "
+        "(exact for models without latents) and print NLL, ELBO, bits/dim, KL and Pareto k.",
+    )
+    p.add_argument("run_dir", help="a run directory written by train")
+    p.add_argument("--num-samples", type=_positive, default=5000, help="K per image (5000)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="data split (test)")
+    p.add_argument("--limit", type=_positive, help="evaluate the first N examples of the split")
+    p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--dataset", choices=DATASETS, help="another data set of the same shape")
+    p.add_argument("--data-dir", help="data directory (default: the run's, then the usual)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=_positive, help="examples per batch (100)")
+    p.add_argument(
+        "--prior-samples",
+        type=int,
+        default=0,
+        help="also the naive estimate with this many z ~ p(z) per image (0: off)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _summary(r: dict) -> str:
+    bin_ = f", {r['binarization']} binarization" if r.get("binarization") else ""
+    k = "exact" if r["exact"] else f"K={r['num_samples']}"
+    lines = [
+        f"{r['model']} on {r['dataset']} {r['split']} ({r['num_examples']} images{bin_}), {k}",
+        f"  NLL   {r['nll']:.3f} +- {r['nll_stderr']:.3f} nats  ({r['bits_per_dim']:.4f} bits/dim)",
+    ]
+    if not r["exact"]:
+        lines.append(f"  ELBO  {r['elbo']:.3f} nats   KL(q||p) {r['kl']:.3f} nats")
+        lines.append(
+            f"  PSIS k: mean {r['psis_khat_mean']:.3f}, max {r['psis_khat_max']:.3f}, "
+            f"{100 * r['psis_khat_frac_above_0.7']:.1f}% of images above 0.7; "
+            f"mean ESS {r['ess_mean']:.1f}"
+        )
+    if "prior_nll" in r:
+        lines.append(
+            f"  naive prior-sampling NLL ({r['prior_num_samples']} z ~ p(z)): "
+            f"{r['prior_nll']:.3f} nats"
+        )
+    lines.append(f"  ({r['seconds']:.1f}s)")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from .runs import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir,
+        num_samples=args.num_samples,
+        split=args.split,
+        limit=args.limit,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        prior_samples=args.prior_samples,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(_summary(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw images from a trained model into a PNG grid")
+    p.add_argument("run_dir", help="a run directory written by train")
+    p.add_argument("--num", type=_positive, required=True, help="number of images")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument(
+        "--mean",
+        action="store_true",
+        help="show the likelihood's mean (pixel probabilities) instead of a sample",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .plots import plot_images
+    from .runs import load_run
+
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out must be a .png file, got {args.out!r}")
+    run = load_run(args.run_dir, args.device)
+    torch.manual_seed(args.seed)
+    kwargs = {"mean": True} if args.mean else {}
+    images = run.module.sample(args.num, **kwargs)
+    title = f"{run.model_name}: {args.num} {'means' if args.mean else 'samples'}"
+    plot_images(images, args.out, title=title)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="list models, guide families, data sets")
+    p.set_defaults(func=cmd_list)
+
+
+def cmd_list(args) -> int:
+    from . import list_models
+    from .data import DATASETS
+    from .models import list_families
+    from .registry import config_keys
+
+    for name in list_models():
+        print(f"model {name}: config keys {', '.join(config_keys(name))}")
+    print(f"guide families: {', '.join(list_families())}")
+    print(f"datasets: {', '.join(DATASETS)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pyro-genmodels",
+        description="Deep generative models for images as Pyro programs: train, evaluate "
+        "log p(x), sample.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_sample(sub)
+    _add_list(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        where = getattr(args, "out", None)
+        hint = f"; the last complete epoch is checkpointed in {where} (continue with --resume)"
+        print(f"pyro-genmodels: interrupted{hint if where else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        if os.environ.get("PYRO_GENMODELS_DEBUG"):
+            raise
+        expected = isinstance(e, ValueError | OSError | RuntimeError)
+        kind = "error" if expected else f"unexpected {type(e).__name__}"
+        print(f"pyro-genmodels: {kind}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR if expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Image data sets by name, their splits, and the representation a likelihood needs.
+
+Data sets (contract item 6): ``digits`` (scikit-learn's 8x8 digits, embedded,
+always available offline), ``mnist``, ``binarized-mnist`` (the static
+Larochelle & Murray binarization) and ``fashion-mnist``.
+
+Files are read from ``data_dir``, else ``$PYRO_GENMODELS_DATA``, else a user
+cache directory, in these layouts:
+
+* Keras-style ``mnist.npz`` / ``fashion-mnist.npz`` (``x_train, y_train, x_test, y_test``),
+  or torchvision's ``MNIST/raw`` / ``FashionMNIST/raw`` (downloaded by torchvision
+  where the network allows);
+* ``binarized_mnist.npz`` (``train, valid, test``) or the original
+  ``binarized_mnist_{train,valid,test}.amat`` files.
+
+Splits: ``train`` / ``valid`` / ``test``. The validation split serves model
+selection (MNIST: the last 10000 of the 60000 training images, as in the
+binarized set); ``test`` is for final figures only.
+
+Representations (``data_format``, chosen by the likelihood):
+
+* ``binary``: {0, 1}; grey levels are binarized ``static`` (sampled once with a
+  fixed seed) or ``dynamic`` (resampled every time a batch is drawn);
+* ``dequantized``: ``(level + u) / 256`` with ``u ~ U[0, 1)``, continuous in [0, 1];
+* ``levels``: integer grey levels 0..255 stored as float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+DATASETS = ("digits", "mnist", "binarized-mnist", "fashion-mnist")
+SPLITS = ("train", "valid", "test")
+BINARIZATIONS = ("static", "dynamic")
+DATA_FORMATS = ("binary", "dequantized", "levels")
+ENV_DATA_DIR = "PYRO_GENMODELS_DATA"
+ENV_NO_DOWNLOAD = "PYRO_GENMODELS_NO_DOWNLOAD"
+
+_MNIST_VALID = 10_000  # the last 10000 training images form the validation split
+_DIGITS_SPLIT = (1297, 200, 300)  # train / valid / test sizes of a fixed permutation
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set's files are not in the data directory and could not be downloaded."""
+
+
+def default_data_dir() -> Path:
+    """``$PYRO_GENMODELS_DATA``, else ``$XDG_CACHE_HOME/pyro-genmodels`` (``~/.cache``)."""
+    if os.environ.get(ENV_DATA_DIR):
+        return Path(os.environ[ENV_DATA_DIR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pyro-genmodels"
+
+
+@dataclass
+class RawImages:
+    """One split as stored: ``images`` uint8 ``(N, C, H, W)``, grey levels or 0/1."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    binary: bool
+    name: str
+    split: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+def _check_name(name: str, split: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+
+
+def _check_array(arr: np.ndarray, what: str, binary: bool) -> np.ndarray:
+    if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+        raise ValueError(f"{what} should hold 28x28 images, found an array of shape {arr.shape}")
+    hi = 1 if binary else 255
+    if arr.size and (arr.min() < 0 or arr.max() > hi or not np.all(np.mod(arr, 1) == 0)):
+        kind = "binary values {0, 1}" if binary else "integer grey levels 0..255"
+        raise ValueError(f"{what} should hold {kind}, found values in [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.uint8)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).split(".")[0]
+
+
+def _load_npz(path: Path, key: str, binary: bool) -> np.ndarray:
+    arrays = _read_npz(path)
+    if key not in arrays:
+        raise ValueError(f"{path} has no array {key!r} (found {', '.join(arrays)})")
+    return _check_array(arrays[key], f"{path}[{key!r}]", binary)
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _mnist_like(name: str, split: str, root: Path, download: bool) -> RawImages:
+    """MNIST or Fashion-MNIST: a Keras-style .npz, else torchvision's layout/downloader."""
+    npz = root / f"{name}.npz"
+    train_part = split != "test"
+    if npz.is_file():
+        x = _load_npz(npz, "x_train" if train_part else "x_test", binary=False)
+        y = _load_npz_labels(npz, "y_train" if train_part else "y_test")
+    else:
+        from torchvision import datasets
+
+        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+        folder = root / cls.__name__
+        root_existed, existed = root.exists(), folder.exists()
+        try:
+            with _socket_timeout(20):
+                ds = cls(str(root), train=train_part, download=download)
+        except (RuntimeError, OSError) as e:
+            if not existed:
+                _remove_empty_dirs(folder)
+            if not root_existed and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
+            how = "and downloading it failed" if download else "(downloads are disabled)"
+            raise DataNotFoundError(
+                f"{name} not found in {root} (looked for {npz.name} and "
+                f"{cls.__name__}/raw) {how}; pass --data-dir or set ${ENV_DATA_DIR} to a "
+                f"directory holding {npz.name}"
+            ) from e
+        x = _check_array(ds.data.numpy(), f"{root}/{cls.__name__}", binary=False)
+        y = ds.targets.numpy()
+    if train_part:
+        cut = len(x) - _MNIST_VALID
+        x, y = (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
+    return RawImages(torch.from_numpy(x)[:, None], torch.from_numpy(y).long(), False, name, split)
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    """Undo the empty folders a failed torchvision download leaves behind."""
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.rglob("*"), reverse=True):
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _load_npz_labels(path: Path, key: str) -> np.ndarray:
+    arrays = _read_npz(path)
+    return arrays[key].astype(np.int64) if key in arrays else np.zeros(0, np.int64)
+
+
+def _binarized_mnist(split: str, root: Path) -> RawImages:
+    npz = root / "binarized_mnist.npz"
+    if npz.is_file():
+        x = _load_npz(npz, split, binary=True)
+    else:
+        for base in (root, root / "binarized_mnist"):
+            amat = base / f"binarized_mnist_{split}.amat"
+            if amat.is_file():
+                try:
+                    arr = np.loadtxt(amat, dtype=np.float32).reshape(-1, 28, 28)
+                except ValueError as e:
+                    raise ValueError(f"{amat} is not a readable .amat file ({e})") from e
+                x = _check_array(arr, str(amat), binary=True)
+                break
+        else:
+            raise DataNotFoundError(
+                f"binarized-mnist not found in {root} (looked for binarized_mnist.npz and "
+                f"binarized_mnist_{split}.amat); pass --data-dir or set ${ENV_DATA_DIR} to a "
+                "directory holding binarized_mnist.npz"
+            )
+    return RawImages(torch.from_numpy(x)[:, None], None, True, "binarized-mnist", split)
+
+
+def _digits(split: str) -> RawImages:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    levels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
+    order = np.random.RandomState(0).permutation(len(levels))
+    n_train, n_valid, _ = _DIGITS_SPLIT
+    bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid)}
+    lo, hi = bounds.get(split, (n_train + n_valid, len(levels)))
+    idx = order[lo:hi]
+    images = torch.from_numpy(levels[idx])[:, None]
+    return RawImages(images, torch.from_numpy(bunch.target[idx]).long(), False, "digits", split)
+
+
+def load_raw(
+    name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = True
+) -> RawImages:
+    """Read one split of a data set as stored (uint8 grey levels, or 0/1 for binarized-mnist).
+
+    :raises ValueError: unknown name or split, or a file with the wrong shape or values.
+    :raises DataNotFoundError: the files are missing and could not be downloaded.
+    """
+    _check_name(name, split)
+    if name == "digits":
+        return _digits(split)
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if name == "binarized-mnist":
+        return _binarized_mnist(split, root)
+    download = download and not os.environ.get(ENV_NO_DOWNLOAD)
+    return _mnist_like(name, split, root, download)
+
+
+def binarize(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample binary images with pixel-on probabilities ``probs`` in [0, 1]."""
+    return torch.bernoulli(probs, generator=generator)
+
+
+class ImageDataset(Dataset):
+    """One split in the representation a likelihood models, indexed by batches.
+
+    ``dataset[indices]`` returns a float batch ``(B, C, H, W)``; the stochastic
+    representations (dynamic binarization, dequantization) draw fresh noise from
+    torch's global RNG at each access, which the trainer saves and restores.
+    :meth:`fixed` returns one seeded realization for evaluation.
+
+    :param raw: the split as stored.
+    :param data_format: ``"binary"``, ``"dequantized"`` or ``"levels"``.
+    :param binarization: ``"static"`` or ``"dynamic"`` (binary format only).
+    :param seed: seed of the static binarization and of :meth:`fixed`.
+    """
+
+    def __init__(
+        self, raw: RawImages, data_format: str, binarization: str = "static", seed: int = 0
+    ):
+        if data_format not in DATA_FORMATS:
+            raise ValueError(f"unknown data format {data_format!r}; valid: {DATA_FORMATS}")
+        if binarization not in BINARIZATIONS:
+            raise ValueError(
+                f"unknown binarization {binarization!r}; valid: {', '.join(BINARIZATIONS)}"
+            )
+        if raw.binary and data_format != "binary":
+            raise ValueError(
+                f"{raw.name} holds binary images; a likelihood for grey levels needs a grey-level "
+                "data set (mnist, fashion-mnist, digits)"
+            )
+        if raw.binary and binarization == "dynamic":
+            raise ValueError(
+                f"{raw.name} is already binary (a static binarization); dynamic binarization "
+                "needs grey levels, e.g. --dataset mnist --binarization dynamic"
+            )
+        self.raw, self.data_format, self.seed = raw, data_format, int(seed)
+        self.binarization = binarization if data_format == "binary" else None
+        split_seed = self.seed * 7 + SPLITS.index(raw.split)
+        self._gen = lambda: torch.Generator().manual_seed(split_seed)
+        self.base = raw.images.float()
+        if data_format == "binary" and not raw.binary:
+            self.base = self.base / 255.0  # probabilities
+            if binarization == "static":
+                self.base = binarize(self.base, self._gen())
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.raw.image_shape
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.raw.labels
+
+    def describe(self) -> dict:
+        """What a run records about its data."""
+        return {
+            "dataset": self.raw.name,
+            "split": self.raw.split,
+            "num_examples": len(self),
+            "data_format": self.data_format,
+            "binarization": self.binarization,
+        }
+
+    def _realize(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.data_format == "binary" and self.binarization == "dynamic":
+            return binarize(batch, generator)
+        if self.data_format == "dequantized":
+            u = torch.rand(batch.shape, generator=generator)
+            return (batch + u) / 256.0
+        return batch
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self._realize(self.base[index], None)
+
+    def fixed(self) -> torch.Tensor:
+        """The whole split as one fixed (seeded) realization, for evaluation."""
+        return self._realize(self.base, self._gen())
+
+    def subset(self, limit: int | None) -> ImageDataset:
+        """The first ``limit`` examples (all if None)."""
+        if limit is None:
+            return self
+        if int(limit) < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        out = object.__new__(ImageDataset)
+        out.__dict__.update(self.__dict__)
+        limit = int(limit)
+        labels = self.raw.labels[:limit] if self.raw.labels is not None else None
+        out.raw = RawImages(self.raw.images[:limit], labels, self.raw.binary, *self._names())
+        out.base = self.base[:limit]
+        return out
+
+    def _names(self) -> tuple[str, str]:
+        return self.raw.name, self.raw.split
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_format: str = "binary",
+    binarization: str = "static",
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    download: bool = True,
+    seed: int = 0,
+) -> ImageDataset:
+    """Load a split in the representation ``data_format`` (see the module docstring).
+
+    >>> train = load_dataset("digits", "train", "binary")  # doctest: +SKIP
+    >>> x = train.fixed()  # (1297, 1, 8, 8) in {0, 1}
+    """
+    raw = load_raw(name, split, data_dir, download)
+    return ImageDataset(raw, data_format, binarization, seed).subset(limit)

@@ -1,0 +1,165 @@
+"""Likelihood objects: decoder outputs -> a distribution over whole images.
+
+A likelihood is an object, not a string switch: it knows how many decoder
+channels it consumes per image channel, which data representation it models
+(``data_format``), how to check data before observing it, and its mean image.
+Every distribution it returns has ``event_shape == (C, H, W)``, so one
+``pyro.sample("x", ..., obs=x)`` inside ``pyro.plate("data", N)`` scores a whole
+image per example.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+#: Data representations a likelihood can model (see :mod:`pyro_genmodels.data`).
+DATA_FORMATS = ("binary", "dequantized", "levels")
+
+
+class Likelihood(nn.Module):
+    """Base class. Subclasses set :attr:`name`, :attr:`data_format`, :attr:`num_params`.
+
+    :param image_shape: ``(C, H, W)`` of the modelled images.
+    """
+
+    name: str = ""
+    #: which representation of the images this likelihood scores
+    data_format: str = ""
+    #: decoder output channels per image channel
+    num_params: int = 1
+
+    def __init__(self, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    @property
+    def param_channels(self) -> int:
+        """Channels a decoder must output: ``num_params * C``."""
+        return self.num_params * self.image_shape[0]
+
+    @property
+    def num_dims(self) -> int:
+        """Number of scalar dimensions of one image, ``C * H * W``."""
+        return math.prod(self.image_shape)
+
+    def nll_offset(self) -> float:
+        """Nats per image added to ``-log p(x)`` to report a discrete NLL (0 if discrete)."""
+        return 0.0
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise :class:`ValueError` unless ``x`` is valid data for this likelihood."""
+        raise NotImplementedError
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        """The image distribution for decoder output ``params`` of shape ``(..., P*C, H, W)``."""
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean image ``(..., C, H, W)`` for decoder output ``params``."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}"
+
+
+def _value_range(x: torch.Tensor) -> str:
+    return f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+
+
+class BernoulliLikelihood(Likelihood):
+    """Independent Bernoulli pixels for binary images, parameterized by logits."""
+
+    name = "bernoulli"
+    data_format = "binary"
+    num_params = 1
+
+    def check_data(self, x: torch.Tensor) -> None:
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError(
+                "the bernoulli likelihood needs binary images with values in {0, 1}; got values "
+                f"in {_value_range(x)}. Binarize grey levels first "
+                "(pyro_genmodels.data.binarize, or --binarization static|dynamic)."
+            )
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=params, validate_args=False).to_event(3)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+
+class GaussianLikelihood(Likelihood):
+    """Independent Gaussian pixels for continuous images in [0, 1].
+
+    The data are dequantized grey levels, ``x = (level + u) / 256`` with
+    ``u ~ U[0, 1)``, so :meth:`nll_offset` (``C*H*W * log 256``) turns the density
+    into an upper bound on the discrete NLL in nats, comparable across models.
+
+    :param scale: a fixed standard deviation, or ``None`` for a learned per-pixel scale.
+    """
+
+    name = "gaussian"
+    data_format = "dequantized"
+    num_params = 1
+
+    def __init__(self, image_shape: tuple[int, int, int], scale: float | None = None):
+        super().__init__(image_shape)
+        if scale is None:
+            self.log_scale = nn.Parameter(torch.full(self.image_shape, math.log(0.1)))
+            self.fixed_scale = None
+        else:
+            if not scale > 0:
+                raise ValueError(f"gaussian scale must be positive, got {scale}")
+            self.log_scale = None
+            self.fixed_scale = float(scale)
+
+    def nll_offset(self) -> float:
+        return self.num_dims * math.log(256.0)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        if not bool(((x >= 0) & (x <= 1)).all()):
+            raise ValueError(
+                "the gaussian likelihood needs continuous images in [0, 1] (dequantized grey "
+                f"levels); got values in {_value_range(x)}"
+            )
+
+    def scale(self, params: torch.Tensor) -> torch.Tensor:
+        if self.fixed_scale is not None:
+            return params.new_tensor(self.fixed_scale)
+        return self.log_scale.clamp(min=-7.0).exp()
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(params, self.scale(params), validate_args=False).to_event(3)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return params
+
+    def extra_repr(self) -> str:
+        scale = "learned" if self.fixed_scale is None else self.fixed_scale
+        return f"image_shape={self.image_shape}, scale={scale}"
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    BernoulliLikelihood.name: BernoulliLikelihood,
+    GaussianLikelihood.name: GaussianLikelihood,
+}
+
+
+#: the data representation each likelihood name scores (pixel likelihoods included)
+LIKELIHOOD_DATA_FORMATS = {
+    "bernoulli": "binary",
+    "gaussian": "dequantized",
+    "categorical": "levels",
+    "logistic-mixture": "levels",
+}
+
+
+def get_likelihood(name: str, image_shape: tuple[int, int, int], **kwargs) -> Likelihood:
+    """Build a factorized likelihood by name (``"bernoulli"`` or ``"gaussian"``)."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; valid: {', '.join(LIKELIHOODS)}")
+    return LIKELIHOODS[name](image_shape, **kwargs)

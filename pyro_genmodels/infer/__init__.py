@@ -1,0 +1,47 @@
+"""Inference: SVI training, importance-weighted log p(x), KL, diagnostics.
+
+This layer consumes any ``(model, guide)`` callables and never imports ``models``.
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .diagnostics import effective_sample_size, psis_khat
+from .importance import (
+    IWEstimate,
+    importance_estimate,
+    log_importance_weights,
+    log_marginal,
+    prior_log_marginal,
+)
+from .kl import kl_divergence
+from .train import (
+    OBJECTIVES,
+    LatentScale,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    fit,
+    make_elbo,
+    resolve_device,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "CheckpointError",
+    "IWEstimate",
+    "LatentScale",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "effective_sample_size",
+    "fit",
+    "importance_estimate",
+    "kl_divergence",
+    "load_checkpoint",
+    "log_importance_weights",
+    "log_marginal",
+    "make_elbo",
+    "prior_log_marginal",
+    "psis_khat",
+    "resolve_device",
+    "save_atomic",
+]

@@ -1,0 +1,342 @@
+"""Stochastic variational inference over a DataLoader, with checkpoints and resume.
+
+The step is Pyro's SVI step written against a ``torch.optim`` optimizer over the
+module's own parameters (Pyro's recommended idiom with module-local params):
+``loss = elbo.differentiable_loss(model, guide, x); loss.backward(); optim.step()``.
+That keeps the whole optimizer state in one ``state_dict`` for exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+from pyro.poutine.scale_messenger import ScaleMessenger
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    get_rng_state,
+    load_checkpoint,
+    save_atomic,
+    set_rng_state,
+    write_jsonl_atomic,
+)
+from .importance import log_importance_weights
+from .kl import kl_divergence
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class LatentScale(ScaleMessenger):
+    """``poutine.scale`` restricted to latent (unobserved) sample sites.
+
+    Applied to both model and guide it multiplies the KL part of the ELBO by
+    ``scale`` (beta-VAE, KL annealing) and leaves the reconstruction term alone.
+    """
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            super()._process_message(msg)
+
+
+def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
+    return {
+        "elbo": lambda n: pyro.infer.Trace_ELBO(num_particles=n, vectorize_particles=n > 1),
+        "meanfield": lambda n: pyro.infer.TraceMeanField_ELBO(
+            num_particles=n, vectorize_particles=n > 1
+        ),
+    }
+
+
+OBJECTIVES = tuple(_elbo_objectives())
+OPTIMIZERS = ("adam", "clipped-adam")
+
+
+def make_elbo(objective: str, num_particles: int = 1) -> pyro.infer.ELBO:
+    """The Pyro ELBO for an objective name (see :data:`OBJECTIVES`)."""
+    table = _elbo_objectives()
+    if objective not in table:
+        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(table)}")
+    if int(num_particles) < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    return table[objective](int(num_particles))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    return device
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training data
+    batch_size: int = 128
+    lr: float = 1e-3  # learning rate
+    optimizer: str = "adam"  # "adam" | "clipped-adam" (Pyro's, per-parameter norm clipping)
+    clip_norm: float = 10.0  # clipped-adam only
+    objective: str = "elbo"  # "elbo" (Trace_ELBO) | "meanfield" (TraceMeanField_ELBO)
+    num_particles: int = 1  # particles per ELBO estimate (vectorized)
+    beta: float = 1.0  # KL weight (beta-VAE)
+    anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    valid_batch_size: int = 500
+    progress: bool = True  # tqdm progress bar with the running loss
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
+        make_elbo(self.objective, self.num_particles)  # validates both
+        for key in ("epochs", "batch_size"):
+            if int(getattr(self, key)) < (0 if key == "epochs" else 1):
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+class _TensorBatches(Dataset):
+    """A tensor indexed by lists of indices (one DataLoader item = one batch)."""
+
+    def __init__(self, data: torch.Tensor):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.data[index]
+
+
+def _batches(dataset: Dataset, batch_size: int, generator: torch.Generator | None) -> DataLoader:
+    """A DataLoader yielding whole batches via batched indexing (fast for in-memory data)."""
+    base = RandomSampler(dataset, generator=generator) if generator is not None else None
+    if base is None:
+        base = range(len(dataset))
+    sampler = BatchSampler(base, batch_size, drop_last=False)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=lambda b: b)
+
+
+class Trainer:
+    """Fit a module with ``model(x)`` and ``guide(x)`` methods by SVI.
+
+    :param module: e.g. ``create_model("vae", ...)``; its parameters are optimized.
+    :param config: a :class:`TrainConfig`.
+    :param run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (None: nowhere).
+    :param metadata: opaque data stored in every checkpoint (model name, config, dataset).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        config: TrainConfig | None = None,
+        run_dir: str | Path | None = None,
+        metadata: dict | None = None,
+    ):
+        self.config = config or TrainConfig()
+        self.device = resolve_device(self.config.device)
+        self.module = module.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.metadata = dict(metadata or {})
+        self.elbo = make_elbo(self.config.objective, self.config.num_particles)
+        self.optimizer = self._make_optimizer()
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps taken
+        self.metrics: list[dict] = []
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.config.optimizer == "clipped-adam":
+            return ClippedAdam(params, lr=self.config.lr, clip_norm=self.config.clip_norm)
+        return torch.optim.Adam(params, lr=self.config.lr)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / CHECKPOINT_NAME if self.run_dir else None
+
+    def kl_weight(self, step: int, steps_per_epoch: int) -> float:
+        """beta, linearly annealed over ``anneal_epochs`` (strictly positive)."""
+        beta = float(self.config.beta)
+        anneal_steps = self.config.anneal_epochs * steps_per_epoch
+        if anneal_steps <= 0:
+            return beta
+        return beta * min(1.0, (step + 1) / anneal_steps)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "step": self.step,
+            "module_state": self.module.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "train_config": dataclasses.asdict(self.config),
+            "rng": get_rng_state(),
+            "metadata": self.metadata,
+            "metrics": self.metrics,
+        }
+
+    def save(self) -> None:
+        """Write the checkpoint and metrics atomically (no-op without a run_dir)."""
+        if self.run_dir is None:
+            return
+        save_atomic(self.state_dict(), self.checkpoint_path)
+        write_jsonl_atomic(self.metrics, self.run_dir / METRICS_NAME)
+
+    def load(self, ckpt: dict) -> None:
+        """Restore module, optimizer, counters, metrics and RNG state from a checkpoint."""
+        try:
+            self.module.load_state_dict(ckpt["module_state"])
+            self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint does not match this model: {e}") from e
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.metrics = list(ckpt.get("metrics", []))
+        set_rng_state(ckpt["rng"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(
+        self,
+        train_data: Dataset | torch.Tensor,
+        valid_data: torch.Tensor | None = None,
+        resume: bool = False,
+        on_epoch_end: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
+        """Train until ``config.epochs`` epochs are complete; returns the per-epoch metrics.
+
+        :param train_data: a tensor of images, or a Dataset indexed by lists of indices
+            that returns a batch (e.g. :class:`pyro_genmodels.data.ImageDataset`).
+        :param valid_data: images for the per-epoch validation ELBO and KL.
+        :param resume: continue from ``run_dir/checkpoint.pt``.
+        """
+        if isinstance(train_data, torch.Tensor):
+            train_data = _TensorBatches(train_data)
+        if len(train_data) == 0:
+            raise ValueError("the training set is empty")
+        if resume:
+            if self.checkpoint_path is None:
+                raise ValueError("resume needs a run_dir")
+            self.load(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        else:
+            pyro.set_rng_seed(self.config.seed)
+        steps_per_epoch = math.ceil(len(train_data) / self.config.batch_size)
+        while self.epoch < self.config.epochs:
+            row = self._train_epoch(train_data, steps_per_epoch)
+            if valid_data is not None:
+                row.update(self.validate(valid_data))
+            self.metrics.append(row)
+            self.epoch += 1
+            self.save()
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+        return self.metrics
+
+    def _train_epoch(self, train_data: Dataset, steps_per_epoch: int) -> dict:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
+        loader = _batches(train_data, cfg.batch_size, generator)
+        self.module.train()
+        total, count, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
+        for x in bar:
+            x = x.to(self.device)
+            weight = self.kl_weight(self.step, steps_per_epoch)
+            loss = self._step(x, weight)
+            total += loss * x.shape[0]
+            count += x.shape[0]
+            if not math.isfinite(loss):
+                where = f"epoch {self.epoch + 1}, step {self.step + 1}"
+                kept = (
+                    f"; the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}"
+                    if self.run_dir and self.epoch > 0
+                    else ""
+                )
+                raise TrainingDiverged(
+                    f"the loss became {loss} at {where}{kept}; try a lower --lr or clipped-adam"
+                )
+            bar.set_postfix(loss=f"{total / count:.3f}")
+        return {
+            "epoch": self.epoch + 1,
+            "train_loss": total / count,  # negative (beta-weighted) ELBO per image, nats
+            "kl_weight": self.kl_weight(self.step - 1, steps_per_epoch),
+            "seconds": time.perf_counter() - start,
+            "steps": self.step,
+        }
+
+    def _step(self, x: torch.Tensor, kl_weight: float) -> float:
+        model, guide = self.module.model, self.module.guide
+        if kl_weight != 1.0:
+            model, guide = LatentScale(kl_weight)(model), LatentScale(kl_weight)(guide)
+        loss = self.elbo.differentiable_loss(model, guide, x) / x.shape[0]
+        value = loss.item()
+        if not math.isfinite(value):
+            return value
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return value
+
+    @torch.no_grad()
+    def validate(self, valid_data: torch.Tensor) -> dict:
+        """Validation ELBO and KL per image (beta = 1, no annealing), in nats."""
+        self.module.eval()
+        elbo, kl, n = 0.0, 0.0, 0
+        for start in range(0, len(valid_data), self.config.valid_batch_size):
+            x = valid_data[start : start + self.config.valid_batch_size].to(self.device)
+            lw = log_importance_weights(self.module.model, self.module.guide, x, 1)
+            elbo += lw.sum().item()
+            kl += kl_divergence(self.module.model, self.module.guide, x).sum().item()
+            n += x.shape[0]
+        return {"valid_elbo": elbo / n, "valid_kl": kl / n}
+
+
+def fit(
+    module: torch.nn.Module,
+    train_data: Dataset | torch.Tensor,
+    valid_data: torch.Tensor | None = None,
+    config: TrainConfig | None = None,
+    run_dir: str | Path | None = None,
+    metadata: dict | None = None,
+    resume: bool = False,
+    **config_kwargs: Any,
+) -> list[dict]:
+    """Train ``module`` by SVI; keyword arguments fill a :class:`TrainConfig`.
+
+    >>> fit(vae, train_images, valid_images, epochs=5, beta=1.0)  # doctest: +SKIP
+    """
+    if config is None:
+        config = TrainConfig(**config_kwargs)
+    elif config_kwargs:
+        config = dataclasses.replace(config, **config_kwargs)
+    return Trainer(module, config, run_dir, metadata).fit(train_data, valid_data, resume=resume)

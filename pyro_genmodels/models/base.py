@@ -1,0 +1,86 @@
+"""What every model shares: input checks and the contract's method layout.
+
+Contract (DESIGN.md item 2): ``model(x)``, ``guide(x)`` (possibly empty) and
+``sample(num_samples) -> (num_samples, C, H, W)``; the observed site is ``"x"``
+inside ``pyro.plate("data", x.shape[0])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from pyro.nn import PyroModule
+
+
+def check_image_shape(image_shape: Any) -> tuple[int, int, int]:
+    """Normalize ``image_shape`` to a tuple of three positive ints or raise ValueError."""
+    try:
+        shape = tuple(int(s) for s in image_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {image_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+class ImageModel(PyroModule):
+    """Base class of the library's models; holds ``config`` and the image likelihood.
+
+    Subclasses define ``model``, ``guide`` and ``sample``. ``check_input`` turns
+    bad data into a clear :class:`ValueError` before anything is computed.
+    """
+
+    registry_name: str = ""
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+        self.image_shape = check_image_shape(config.image_shape)
+
+    # -- helpers -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def _ref(self) -> torch.Tensor:
+        """A scalar on the module's device and dtype, to build tensors from."""
+        for p in self.parameters():
+            return p.new_zeros(())
+        return torch.zeros(())
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as plain data (what checkpoints store)."""
+        return dataclasses.asdict(self.config)
+
+    def check_input(self, x: Any) -> torch.Tensor:
+        """Validate a batch of images ``(N, C, H, W)`` for this model and return it.
+
+        :raises ValueError: not a float tensor, wrong shape, NaN/inf values, or values
+            outside the likelihood's support (e.g. grey levels for a Bernoulli model).
+        """
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor, got {type(x).__name__}")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"images must be a float tensor, got dtype {x.dtype}; use x.float()")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            want = "(N, {}, {}, {})".format(*self.image_shape)
+            raise ValueError(
+                f"expected images of shape {want} for this model, got {tuple(x.shape)}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("images contain NaN or infinite values")
+        self.likelihood.check_data(x)
+        return x
+
+    def model(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def guide(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def sample(self, num_samples: int) -> torch.Tensor:
+        raise NotImplementedError

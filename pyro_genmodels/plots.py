@@ -1,0 +1,147 @@
+"""Matplotlib figures: sample grids, reconstructions, training curves, the 2-D
+latent manifold, latent traversals and log p(x) estimates against K.
+
+Every function returns the :class:`~matplotlib.figure.Figure` and, given
+``path``, also writes it as PNG (and closes it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    images = images.detach().float().cpu()
+    return images / 255.0 if images.max() > 1.0 else images
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` (values in [0, 1] or grey levels 0..255) into one array.
+
+    :returns: ``(rows*H', cols*W')`` for one channel, ``(..., 3)`` for RGB.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"expected images (N, C, H, W), got shape {tuple(images.shape)}")
+    x = _to_unit(images).clamp(0, 1)
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = x[i]
+    return grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+
+
+def _finish(fig, path: str | Path | None):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return fig
+
+
+def _show(ax, grid: np.ndarray, title: str | None = None) -> None:
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+
+
+def plot_images(images: torch.Tensor, path=None, title: str | None = None, nrow: int | None = None):
+    """A grid of images (samples, data)."""
+    grid = image_grid(images, nrow)
+    fig, ax = plt.subplots(
+        figsize=(min(12, 1 + grid.shape[1] / 30), min(12, 1 + grid.shape[0] / 30))
+    )
+    _show(ax, grid, title)
+    return _finish(fig, path)
+
+
+def plot_reconstructions(x: torch.Tensor, x_rec: torch.Tensor, path=None, nrow: int | None = None):
+    """Inputs (left) next to their reconstructions (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    _show(axes[0], image_grid(x, nrow), "inputs")
+    _show(axes[1], image_grid(x_rec, nrow), "reconstructions")
+    return _finish(fig, path)
+
+
+def plot_training_curves(metrics: Sequence[dict], path=None):
+    """Training loss and validation -ELBO per epoch, with the validation KL beside them."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train loss (-ELBO)")
+    if metrics and "valid_elbo" in metrics[0]:
+        ax.plot(epochs, [-m["valid_elbo"] for m in metrics], "s-", label="valid -ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.legend()
+    if metrics and "valid_kl" in metrics[0]:
+        ax_kl.plot(epochs, [m["valid_kl"] for m in metrics], "o-", color="C2")
+    ax_kl.set_xlabel("epoch")
+    ax_kl.set_ylabel("valid KL(q || p), nats")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+@torch.no_grad()
+def plot_latent_manifold(module, n: int = 20, path=None, bound: float = 0.95):
+    """Decode a grid of z through the inverse normal CDF (``latent_dim == 2``), as in the lecture.
+
+    Each axis spans the quantiles ``1 - bound .. bound`` of N(0, 1).
+    """
+    if getattr(module, "latent_dim", None) != 2:
+        raise ValueError("the latent manifold plot needs a model with latent_dim == 2")
+    ref = module._ref()
+    p = torch.linspace(1 - bound, bound, n, dtype=ref.dtype, device=ref.device)
+    q = torch.distributions.Normal(ref.new_zeros(()), ref.new_ones(())).icdf(p)
+    z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
+    images = module.decode(z)
+    fig, ax = plt.subplots(figsize=(7, 7))
+    _show(ax, image_grid(images, n, pad=0), "decoded grid of z (inverse normal CDF)")
+    return _finish(fig, path)
+
+
+@torch.no_grad()
+def plot_traversals(
+    module, x: torch.Tensor | None = None, dims=None, span: float = 3.0, steps=9, path=None
+):
+    """Vary one latent dimension at a time (others fixed at the encoding of ``x``, or 0)."""
+    d = module.latent_dim
+    dims = list(range(min(d, 10))) if dims is None else list(dims)
+    ref = module._ref()
+    base = module.encode(x[:1].to(ref.device))[0] if x is not None else ref.new_zeros(d)
+    values = torch.linspace(-span, span, steps, dtype=ref.dtype, device=ref.device)
+    z = base.repeat(len(dims), steps, 1)
+    for row, dim in enumerate(dims):
+        z[row, :, dim] = values
+    images = module.decode(z.reshape(-1, d))
+    fig, ax = plt.subplots(figsize=(steps * 0.8, len(dims) * 0.8))
+    _show(ax, image_grid(images, steps), f"traversals of z dims {dims} over [-{span}, {span}]")
+    return _finish(fig, path)
+
+
+def plot_log_marginal_vs_k(ks: Sequence[int], estimates: dict[str, np.ndarray], path=None):
+    """Estimates of the mean log p(x) against K (log axis), each with its spread over repeats.
+
+    :param estimates: label -> array ``(repeats, len(ks))`` of mean log p(x) estimates.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in estimates.items():
+        values = np.asarray(values)
+        mean, std = values.mean(0), values.std(0)
+        ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("K (samples per image)")
+    ax.set_ylabel("mean log p(x) estimate, nats")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _finish(fig, path)

@@ -1,0 +1,79 @@
+"""The model registry behind :func:`create_model` and :func:`list_models`.
+
+Each model class registers itself where it is defined, with the dataclass that
+holds its configuration::
+
+    @register_model("vae", VAEConfig)
+    class VAE(PyroModule): ...
+
+``create_model(name, **config)`` then validates the keys against the dataclass
+fields, so an unknown key fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+_REGISTRY: dict[str, tuple[type, type]] = {}
+
+
+def register_model(name: str, config_cls: type) -> Callable[[type], type]:
+    """Class decorator registering a model under ``name``.
+
+    :param name: the public name (``create_model(name)``, ``--model name``).
+    :param config_cls: a dataclass whose fields are the accepted config keys.
+    """
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"config_cls for {name!r} must be a dataclass")
+
+    def decorator(cls: type) -> type:
+        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = (cls, config_cls)
+        cls.registry_name = name
+        cls.config_class = config_cls
+        return cls
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def config_keys(name: str) -> list[str]:
+    """The config keys that model ``name`` accepts."""
+    return [f.name for f in dataclasses.fields(_lookup(name)[1])]
+
+
+def make_config(name: str, **config: Any) -> Any:
+    """Build (and validate) the config dataclass of model ``name``."""
+    _, config_cls = _lookup(name)
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(config) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown} for model {name!r}; valid keys: {sorted(valid)}"
+        )
+    return config_cls(**config)
+
+
+def create_model(name: str, **config: Any) -> Any:
+    """Create a registered model, like ``timm.create_model``.
+
+    :param name: one of :func:`list_models`.
+    :param config: keys of the model's config dataclass, e.g. ``image_shape=(1, 28, 28)``,
+        ``likelihood="bernoulli"``, ``latent_dim=50``, ``guide="diagonal"``.
+    :raises ValueError: for an unknown name or key, listing the valid ones.
+    """
+    cls, _ = _lookup(name)
+    return cls(make_config(name, **config))
+
+
+def _lookup(name: str) -> tuple[type, type]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    return _REGISTRY[name]

@@ -1,0 +1,266 @@
+"""Run directories: train a registered model on a named data set, reload, evaluate, sample.
+
+A run directory holds ``checkpoint.pt`` (resumable: model, optimizer, RNG state,
+metrics, and the metadata needed to rebuild the model and reload its data) and
+``metrics.jsonl`` (one JSON object per epoch). This is the layer the CLI and the
+demo use; it ties ``models``, ``data`` and ``infer`` together.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import load_dataset
+from .distributions import LIKELIHOOD_DATA_FORMATS
+from .infer import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    importance_estimate,
+    kl_divergence,
+    load_checkpoint,
+    prior_log_marginal,
+    resolve_device,
+)
+from .infer.train import CHECKPOINT_NAME
+from .registry import create_model, make_config
+
+
+def _data_format(model_name: str, model_config: dict) -> str:
+    """The data representation the model's likelihood scores."""
+    likelihood = make_config(model_name, **model_config).likelihood
+    return LIKELIHOOD_DATA_FORMATS[likelihood]
+
+
+def build_model(model_name: str, image_shape, **model_config: Any):
+    """Create a registered model for images of ``image_shape``."""
+    return create_model(model_name, image_shape=tuple(image_shape), **model_config)
+
+
+def train_run(
+    model_name: str,
+    dataset: str,
+    out: str | Path,
+    model_config: dict | None = None,
+    train_config: TrainConfig | None = None,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    binarization: str = "static",
+    download: bool = True,
+    resume: bool = False,
+    on_epoch_end=None,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Train ``model_name`` on ``dataset`` and keep everything in the run directory ``out``.
+
+    With ``resume``, the model, data and training settings come from the checkpoint;
+    only ``train_config.epochs`` (the target epoch count) and the device may change.
+    """
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        meta = ckpt["metadata"]
+        saved = TrainConfig(**ckpt["train_config"])
+        epochs = train_config.epochs if train_config else saved.epochs
+        device = train_config.device if train_config else saved.device
+        progress = train_config.progress if train_config else saved.progress
+        train_config = TrainConfig(
+            **{**ckpt["train_config"], "epochs": epochs, "device": device, "progress": progress}
+        )
+        model_name, model_config = meta["model"], meta["model_config"]
+        data = meta["data"]
+        dataset, limit, binarization = data["dataset"], data["limit"], data["binarization"]
+        data_dir = data_dir if data_dir is not None else data.get("data_dir")
+    elif ckpt_path.exists():
+        raise ValueError(
+            f"{out} already holds a checkpoint; pass --resume to continue it "
+            "or choose another --out"
+        )
+    train_config = train_config or TrainConfig()
+    model_config = dict(model_config or {})
+    fmt = _data_format(model_name, model_config)
+    binarization = binarization or "static"
+    train = load_dataset(dataset, "train", fmt, binarization, data_dir, limit, download)
+    valid = load_dataset(dataset, "valid", fmt, binarization, data_dir, None, download)
+    torch.manual_seed(train_config.seed)  # the initial weights follow the seed
+    module = build_model(model_name, train.image_shape, **model_config)
+    metadata = {
+        "model": model_name,
+        "model_config": {k: v for k, v in module.config_dict().items() if k != "image_shape"},
+        "image_shape": list(train.image_shape),
+        "data": {
+            "dataset": dataset,
+            "data_format": fmt,
+            "binarization": train.binarization,
+            "limit": limit,
+            "data_dir": str(data_dir) if data_dir is not None else None,
+            "num_train": len(train),
+        },
+        "version": __version__,
+    }
+    trainer = Trainer(module, train_config, out, metadata)
+    metrics = trainer.fit(train, valid.fixed(), resume=resume, on_epoch_end=on_epoch_end)
+    return module, metrics
+
+
+@dataclass
+class Run:
+    """A reloaded run: the trained module, its metadata and raw checkpoint."""
+
+    module: torch.nn.Module
+    metadata: dict
+    checkpoint: dict
+    path: Path
+
+    @property
+    def model_name(self) -> str:
+        return self.metadata["model"]
+
+    def dataset(self, split: str, dataset: str | None = None, data_dir=None, limit=None):
+        """Reload a split of the run's data (or of another data set of the same kind)."""
+        data = self.metadata["data"]
+        data_dir = data_dir if data_dir is not None else data.get("data_dir")
+        ds = load_dataset(
+            dataset or data["dataset"],
+            split,
+            data["data_format"],
+            data["binarization"] or "static",
+            data_dir,
+            limit,
+        )
+        if tuple(ds.image_shape) != tuple(self.metadata["image_shape"]):
+            raise ValueError(
+                f"{dataset or data['dataset']} images have shape {tuple(ds.image_shape)} but the "
+                f"model was trained on {tuple(self.metadata['image_shape'])}"
+            )
+        return ds
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Rebuild the trained module of a run directory.
+
+    :raises CheckpointError: missing or corrupt checkpoint, or one for another model.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"no run directory at {run_dir}")
+    device = resolve_device(device)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+    try:
+        meta = ckpt["metadata"]
+        module = build_model(meta["model"], meta["image_shape"], **meta["model_config"])
+        module.load_state_dict(ckpt["module_state"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir} holds a checkpoint this version cannot use: {e}") from e
+    module.to(device).eval()
+    return Run(module, meta, ckpt, run_dir)
+
+
+def _nanmean(t: torch.Tensor) -> float:
+    t = t[~torch.isnan(t)]
+    return t.mean().item() if t.numel() else float("nan")
+
+
+def _nanmax(t: torch.Tensor) -> float:
+    t = t[~torch.isnan(t)]
+    return t.max().item() if t.numel() else float("nan")
+
+
+def evaluate_images(
+    module,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    prior_samples: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Importance-weighted evaluation of ``module`` on images ``x`` ``(N, C, H, W)``.
+
+    :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
+        ``num_examples``, ``psis_khat_mean``, ``psis_khat_max``) plus ``kl``, the standard
+        error of ``nll``, the share of examples with k > 0.7, the mean ESS and, if
+        ``prior_samples``, the naive prior-sampling estimate ``prior_nll``.
+    """
+    device = module.device
+    offset = module.likelihood.nll_offset()
+    num_dims = math.prod(module.image_shape)
+    batch_size = batch_size or max(1, min(len(x), 100))
+    parts: dict[str, list[torch.Tensor]] = {"lm": [], "elbo": [], "khat": [], "ess": [], "kl": []}
+    prior_parts = []
+    has_latent, start = True, time.perf_counter()
+    for i in tqdm(range(0, len(x), batch_size), desc="evaluate", disable=not progress):
+        xb = x[i : i + batch_size].to(device)
+        est = importance_estimate(module.model, module.guide, xb, num_samples, chunk_size)
+        has_latent = est.has_latent
+        parts["lm"].append(est.log_marginal.cpu())
+        parts["elbo"].append(est.elbo.cpu())
+        parts["khat"].append(est.khat.float().cpu())
+        parts["ess"].append(est.ess.float().cpu())
+        if has_latent:
+            parts["kl"].append(kl_divergence(module.model, module.guide, xb).cpu())
+        if prior_samples and has_latent:
+            prior_parts.append(
+                prior_log_marginal(module.model, xb, prior_samples, chunk_size).cpu()
+            )
+    lm = torch.cat(parts["lm"]).double()
+    nll = -lm + offset
+    khat = torch.cat(parts["khat"])
+    result = {
+        "nll": nll.mean().item(),
+        "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
+        "elbo": (torch.cat(parts["elbo"]).double() - offset).mean().item(),
+        "bits_per_dim": nll.mean().item() / (num_dims * math.log(2)),
+        "num_samples": int(num_samples) if has_latent else 1,
+        "num_examples": len(x),
+        "psis_khat_mean": _nanmean(khat),
+        "psis_khat_max": _nanmax(khat),
+        "psis_khat_frac_above_0.7": (khat > 0.7).float().mean().item() if has_latent else 0.0,
+        "ess_mean": torch.cat(parts["ess"]).mean().item(),
+        "kl": torch.cat(parts["kl"]).mean().item() if parts["kl"] else float("nan"),
+        "exact": not has_latent,
+        "nll_offset": offset,
+        "seconds": time.perf_counter() - start,
+    }
+    if prior_parts:
+        result["prior_nll"] = (-torch.cat(prior_parts).double() + offset).mean().item()
+        result["prior_num_samples"] = int(prior_samples)
+    return result
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    num_samples: int = 5000,
+    split: str = "test",
+    limit: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    prior_samples: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a run on a split of its data set; see :func:`evaluate_images`."""
+    run = load_run(run_dir, device)
+    data = run.dataset(split, dataset, data_dir, limit)
+    torch.manual_seed(seed)
+    result = evaluate_images(
+        run.module, data.fixed(), num_samples, batch_size, None, prior_samples, progress
+    )
+    info = data.describe()
+    return {
+        "model": run.model_name,
+        "guide": run.metadata["model_config"].get("guide"),
+        "epochs": run.checkpoint["epoch"],
+        **{k: info[k] for k in ("dataset", "split", "binarization", "data_format")},
+        **result,
+    }

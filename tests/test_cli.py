@@ -1,0 +1,141 @@
+"""The pyro-genmodels command end to end, and its handling of bad input."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_genmodels.cli import main
+
+TRAIN = ["train", "--model", "vae", "--dataset", "digits", "--no-progress", "--latent-dim", "4",
+         "--hidden-dims", "32,16", "--batch-size", "64"]  # fmt: skip
+
+
+def run(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse errors exit directly
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(TRAIN + ["--epochs", "2", "--out", str(out), "--limit", "300"]) == 0
+    return out
+
+
+def test_train_evaluate_sample(trained_run, tmp_path, capsys):
+    assert (trained_run / "checkpoint.pt").is_file()
+    rows = [json.loads(r) for r in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    report = tmp_path / "eval.json"
+    code, out, _ = run(capsys, "evaluate", trained_run, "--num-samples", 64, "--limit", 40,
+                       "--json", report, "--no-progress", "--prior-samples", 64)  # fmt: skip
+    assert code == 0 and "NLL" in out and "PSIS k" in out
+    r = json.loads(report.read_text())
+    for key in ("nll", "elbo", "bits_per_dim", "num_samples", "num_examples", "psis_khat_mean",
+                "psis_khat_max", "kl"):  # fmt: skip
+        assert key in r, key
+    assert r["num_samples"] == 64 and r["num_examples"] == 40
+    assert r["nll"] > 0 and -r["nll"] >= r["elbo"]  # the IW bound is above the ELBO
+    assert r["bits_per_dim"] == pytest.approx(r["nll"] / (64 * math.log(2)))
+    assert r["psis_khat_max"] >= r["psis_khat_mean"] and r["kl"] > 0
+    assert r["binarization"] == "static" and r["dataset"] == "digits" and "prior_nll" in r
+    png = tmp_path / "s.png"
+    code, out, _ = run(capsys, "sample", trained_run, "--num", 9, "--out", png)
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_extends_a_run(trained_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    code, out, _ = run(capsys, "train", "--resume", "--out", copy, "--epochs", 3, "--no-progress")
+    assert code == 0 and "epoch   3" in out
+    rows = (copy / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+    code, _, err = run(capsys, *TRAIN, "--epochs", 1, "--out", copy)
+    assert_one_line_error(code, err, "already holds a checkpoint")
+
+
+def test_unknown_names(tmp_path, capsys):
+    code, _, err = run(
+        capsys, "train", "--model", "vae", "--dataset", "cifar", "--out", tmp_path / "r"
+    )
+    assert_one_line_error(code, err, "invalid choice: 'cifar'")
+    code, _, err = run(
+        capsys, "train", "--model", "gan", "--dataset", "digits", "--out", tmp_path / "r"
+    )
+    assert_one_line_error(code, err, "unknown model 'gan'; valid models: ")
+    code, _, err = run(capsys, *TRAIN, "--guide", "flowy", "--out", tmp_path / "r", "--epochs", 1)
+    assert_one_line_error(code, err, "unknown guide family 'flowy'; valid: diagonal")
+    code, _, err = run(capsys, *TRAIN, "--set", "colour=1", "--out", tmp_path / "r", "--epochs", 1)
+    assert_one_line_error(code, err, "unknown config key(s) ['colour']")
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "no run directory")
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage")
+    code, _, err = run(capsys, "evaluate", tmp_path)
+    assert_one_line_error(code, err, "not a readable checkpoint")
+    code, _, err = run(capsys, "sample", tmp_path, "--num", 4, "--out", tmp_path / "x.png")
+    assert_one_line_error(code, err, "not a readable checkpoint")
+
+
+def test_missing_data_and_bad_files(tmp_path, trained_run, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, *TRAIN, "--dataset", "mnist", "--data-dir", empty, "--no-download",
+                       "--out", tmp_path / "r", "--epochs", 1)  # fmt: skip
+    assert_one_line_error(code, err, "mnist not found in")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.savez(
+        bad / "binarized_mnist.npz",
+        **{s: np.full((3, 28, 28), 7, np.uint8) for s in ("train", "valid", "test")},
+    )
+    code, _, err = run(capsys, *TRAIN, "--dataset", "binarized-mnist", "--data-dir", bad,
+                       "--out", tmp_path / "r2", "--epochs", 1)  # fmt: skip
+    assert_one_line_error(code, err, "binary values {0, 1}")
+    # a model trained on 8x8 digits evaluated on 28x28 images
+    np.savez(bad / "mnist.npz", x_train=np.zeros((3, 28, 28), np.uint8), y_train=np.zeros(3),
+             x_test=np.zeros((3, 28, 28), np.uint8), y_test=np.zeros(3))  # fmt: skip
+    code, _, err = run(capsys, "evaluate", trained_run, "--dataset", "mnist", "--data-dir", bad)
+    assert_one_line_error(
+        code, err, "images have shape (1, 28, 28) but the model was trained on (1, 8, 8)"
+    )
+
+
+def test_bad_arguments(tmp_path, trained_run, capsys):
+    code, _, err = run(
+        capsys, "train", "--model", "vae", "--dataset", "digits", "--out", tmp_path, "--epochs", "0"
+    )
+    assert_one_line_error(code, err, "expected a positive integer")
+    code, _, err = run(capsys, "sample", trained_run, "--num", 4, "--out", tmp_path / "x.jpg")
+    assert_one_line_error(code, err, "must be a .png")
+    code, _, err = run(capsys, "train", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "needs --model and --dataset")
+
+
+def test_console_script_runs(tmp_path):
+    exe = [sys.executable, "-m", "pyro_genmodels.cli"]
+    ok = subprocess.run(exe + ["list"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "model vae" in ok.stdout
+    bad = subprocess.run(exe + ["evaluate", str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -1,0 +1,136 @@
+"""Training: checkpoints, exact resume, divergence handling, annealing, learning."""
+
+import json
+
+import pytest
+import torch
+
+import pyro_genmodels as pg
+from pyro_genmodels.infer import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint,
+    log_marginal,
+    save_atomic,
+)
+from pyro_genmodels.runs import load_run, train_run
+
+SMALL = {"latent_dim": 4, "hidden_dims": (32, 16)}
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, batch_size=64, progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    module, metrics = train_run("vae", "digits", tmp_path / "run", SMALL, _cfg(epochs=1), limit=200)
+    run = load_run(tmp_path / "run")
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, run.module.state_dict()[key]), key
+    x = run.dataset("test", limit=10).fixed()
+    torch.manual_seed(1)
+    a = log_marginal(module.model, module.guide, x, 50)
+    torch.manual_seed(1)
+    b = log_marginal(run.module.model, run.module.guide, x, 50)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows == metrics and rows[0]["epoch"] == 1
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    assert run.metadata["data"]["binarization"] == "static"
+
+
+@pytest.mark.parametrize("binarization", ["static", "dynamic"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, binarization):
+    kw = dict(limit=300, binarization=binarization)
+    dataset = "digits"
+    full, full_metrics = train_run("vae", dataset, tmp_path / "a", SMALL, _cfg(epochs=3), **kw)
+    train_run("vae", dataset, tmp_path / "b", SMALL, _cfg(epochs=1), **kw)
+    resumed, resumed_metrics = train_run(
+        None, None, tmp_path / "b", train_config=_cfg(epochs=3), resume=True
+    )
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(full_metrics) == drop(resumed_metrics)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 3
+
+
+def test_existing_run_needs_resume(tmp_path):
+    train_run("vae", "digits", tmp_path / "r", SMALL, _cfg(epochs=1), limit=64)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train_run("vae", "digits", tmp_path / "r", SMALL, _cfg(epochs=1), limit=64)
+
+
+class _Poisoned(torch.nn.Module):
+    """A decoder that starts returning NaN after ``after`` calls."""
+
+    def __init__(self, inner, after):
+        super().__init__()
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def forward(self, z):
+        self.calls += 1
+        out = self.inner(z)
+        return out * float("nan") if self.calls > self.after else out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits_binary):
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), **SMALL)
+    x = digits_binary[:256]
+    steps_per_epoch = 4
+    # training steps call the decoder once; validation after each epoch calls it twice
+    vae.decoder = _Poisoned(vae.decoder, after=steps_per_epoch + 2 + 1)
+    trainer = Trainer(vae, _cfg(epochs=3), tmp_path)
+    with pytest.raises(
+        TrainingDiverged, match="epoch 2, step 5.*last good checkpoint \\(epoch 1\\)"
+    ):
+        trainer.fit(x, x[:32])
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 1
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["module_state"].values() if v.is_floating_point()
+    )
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "c.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - any pickling error
+        save_atomic({"bad": lambda: None}, path)
+    assert torch.equal(torch.load(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_run(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match="no run directory"):
+        load_run(tmp_path / "missing")
+
+
+def test_kl_annealing_schedule():
+    trainer = Trainer(
+        pg.create_model("vae", image_shape=(1, 8, 8), **SMALL), _cfg(beta=2.0, anneal_epochs=2)
+    )
+    weights = [trainer.kl_weight(s, steps_per_epoch=5) for s in range(12)]
+    assert weights[0] == pytest.approx(0.2) and weights[4] == pytest.approx(1.0)
+    assert weights[9:] == [2.0, 2.0, 2.0]
+    assert all(a < b for a, b in zip(weights[:10], weights[1:10]))
+
+
+@pytest.mark.slow
+def test_training_improves_the_validation_elbo(tmp_path):
+    config = {"latent_dim": 4, "hidden_dims": (128, 64)}
+    _, metrics = train_run("vae", "digits", tmp_path / "r", config, _cfg(epochs=25, lr=1e-3))
+    first, last = metrics[0]["valid_elbo"], metrics[-1]["valid_elbo"]
+    assert last > first + 5.0, (first, last)
+    assert metrics[-1]["valid_kl"] > 0.8  # the latent is in use
