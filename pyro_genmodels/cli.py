@@ -210,6 +210,12 @@ def _add_evaluate(sub) -> None:
         help="also the naive estimate with this many z ~ p(z) per image (0: off)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="best: the epoch with the best validation ELBO (default); last: the latest",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -218,7 +224,8 @@ def _summary(r: dict) -> str:
     bin_ = f", {r['binarization']} binarization" if r.get("binarization") else ""
     k = "exact" if r["exact"] else f"K={r['num_samples']}"
     lines = [
-        f"{r['model']} on {r['dataset']} {r['split']} ({r['num_examples']} images{bin_}), {k}",
+        f"{r['model']} (epoch {r['epoch']}, {r['checkpoint']} checkpoint) on {r['dataset']} "
+        f"{r['split']} ({r['num_examples']} images{bin_}), {k}",
         f"  NLL   {r['nll']:.3f} +- {r['nll_stderr']:.3f} nats  ({r['bits_per_dim']:.4f} bits/dim)",
     ]
     if not r["exact"]:
@@ -252,6 +259,7 @@ def cmd_evaluate(args) -> int:
         prior_samples=args.prior_samples,
         seed=args.seed,
         progress=not args.no_progress,
+        which=args.checkpoint,
     )
     print(_summary(result))
     if args.json:
@@ -261,7 +269,11 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="draw images from a trained model into a PNG grid")
+    p = sub.add_parser(
+        "sample",
+        help="draw images from a trained model into a PNG grid",
+        description="Sample from the model of a run (its latest checkpoint) into a PNG grid.",
+    )
     p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--num", type=_positive, required=True, help="number of images")
     p.add_argument("--out", required=True, help="output PNG file")

@@ -30,7 +30,7 @@ from .infer import (
     prior_log_marginal,
     resolve_device,
 )
-from .infer.train import CHECKPOINT_NAME
+from .infer.train import BEST_NAME, CHECKPOINT_NAME
 from .registry import create_model, make_config
 
 
@@ -144,16 +144,24 @@ class Run:
         return ds
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> Run:
     """Rebuild the trained module of a run directory.
 
+    :param which: ``"last"`` (the latest epoch) or ``"best"`` (the best validation ELBO;
+        falls back to the latest when the run has no ``best.pt``).
     :raises CheckpointError: missing or corrupt checkpoint, or one for another model.
     """
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"no run directory at {run_dir}")
     device = resolve_device(device)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+    name = BEST_NAME if which == "best" and (run_dir / BEST_NAME).is_file() else CHECKPOINT_NAME
+    ckpt = load_checkpoint(run_dir / name, map_location=device)
     try:
         meta = ckpt["metadata"]
         module = build_model(meta["model"], meta["image_shape"], **meta["model_config"])
@@ -248,9 +256,14 @@ def evaluate_run(
     prior_samples: int = 0,
     seed: int = 0,
     progress: bool = True,
+    which: str = "best",
 ) -> dict:
-    """Evaluate a run on a split of its data set; see :func:`evaluate_images`."""
-    run = load_run(run_dir, device)
+    """Evaluate a run on a split of its data set; see :func:`evaluate_images`.
+
+    :param which: ``"best"`` (best validation ELBO, the default: model selection on the
+        validation split) or ``"last"`` (the latest epoch).
+    """
+    run = load_run(run_dir, device, which)
     data = run.dataset(split, dataset, data_dir, limit)
     torch.manual_seed(seed)
     result = evaluate_images(
@@ -260,7 +273,8 @@ def evaluate_run(
     return {
         "model": run.model_name,
         "guide": run.metadata["model_config"].get("guide"),
-        "epochs": run.checkpoint["epoch"],
+        "epoch": run.checkpoint["epoch"],
+        "checkpoint": which,
         **{k: info[k] for k in ("dataset", "split", "binarization", "data_format")},
         **result,
     }

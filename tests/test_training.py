@@ -45,6 +45,16 @@ def test_checkpoint_round_trip(tmp_path):
     assert run.metadata["data"]["binarization"] == "static"
 
 
+def test_best_checkpoint_follows_the_validation_elbo(tmp_path):
+    _, metrics = train_run("vae", "digits", tmp_path / "r", SMALL, _cfg(epochs=4), limit=200)
+    best_epoch = max(metrics, key=lambda r: r["valid_elbo"])["epoch"]
+    best = load_run(tmp_path / "r", which="best")
+    assert best.checkpoint["epoch"] == best_epoch
+    assert load_run(tmp_path / "r", which="last").checkpoint["epoch"] == 4
+    with pytest.raises(ValueError, match="unknown checkpoint"):
+        load_run(tmp_path / "r", which="first")
+
+
 @pytest.mark.parametrize("binarization", ["static", "dynamic"])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, binarization):
     kw = dict(limit=300, binarization=binarization)

@@ -50,9 +50,20 @@ class Likelihood(nn.Module):
         """Nats per image added to ``-log p(x)`` to report a discrete NLL (0 if discrete)."""
         return 0.0
 
+    def is_valid(self, x: torch.Tensor) -> bool:
+        """Whether every value of ``x`` is in the support (False for NaN)."""
+        raise NotImplementedError
+
+    def invalid_message(self, x: torch.Tensor) -> str:
+        """Why ``x`` is not valid data for this likelihood."""
+        raise NotImplementedError
+
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`ValueError` unless ``x`` is valid data for this likelihood."""
-        raise NotImplementedError
+        if not self.is_valid(x):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("images contain NaN or infinite values")
+            raise ValueError(self.invalid_message(x))
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         """The image distribution for decoder output ``params`` of shape ``(..., P*C, H, W)``."""
@@ -77,13 +88,15 @@ class BernoulliLikelihood(Likelihood):
     data_format = "binary"
     num_params = 1
 
-    def check_data(self, x: torch.Tensor) -> None:
-        if not bool(((x == 0) | (x == 1)).all()):
-            raise ValueError(
-                "the bernoulli likelihood needs binary images with values in {0, 1}; got values "
-                f"in {_value_range(x)}. Binarize grey levels first "
-                "(pyro_genmodels.data.binarize, or --binarization static|dynamic)."
-            )
+    def is_valid(self, x: torch.Tensor) -> bool:
+        return bool(((x == 0) | (x == 1)).all())
+
+    def invalid_message(self, x: torch.Tensor) -> str:
+        return (
+            "the bernoulli likelihood needs binary images with values in {0, 1}; got values "
+            f"in {_value_range(x)}. Binarize grey levels first "
+            "(pyro_genmodels.data.binarize, or --binarization static|dynamic)."
+        )
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=params, validate_args=False).to_event(3)
@@ -120,12 +133,14 @@ class GaussianLikelihood(Likelihood):
     def nll_offset(self) -> float:
         return self.num_dims * math.log(256.0)
 
-    def check_data(self, x: torch.Tensor) -> None:
-        if not bool(((x >= 0) & (x <= 1)).all()):
-            raise ValueError(
-                "the gaussian likelihood needs continuous images in [0, 1] (dequantized grey "
-                f"levels); got values in {_value_range(x)}"
-            )
+    def is_valid(self, x: torch.Tensor) -> bool:
+        return bool(((x >= 0) & (x <= 1)).all())
+
+    def invalid_message(self, x: torch.Tensor) -> str:
+        return (
+            "the gaussian likelihood needs continuous images in [0, 1] (dequantized grey "
+            f"levels); got values in {_value_range(x)}"
+        )
 
     def scale(self, params: torch.Tensor) -> torch.Tensor:
         if self.fixed_scale is not None:

@@ -40,7 +40,7 @@ from .diagnostics import effective_sample_size, psis_khat
 DATA_PLATE = "data"
 _PARTICLES = "_iw_particles"
 #: elements per chunk (particles x examples x pixels) when chunk_size is None
-_CHUNK_BUDGET = 2**24
+_CHUNK_BUDGET = 2**22
 
 
 def _empty_guide(*args, **kwargs) -> None:

@@ -37,6 +37,7 @@ from .importance import log_importance_weights
 from .kl import kl_divergence
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"  # the module at the best validation ELBO so far (model selection)
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -103,6 +104,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     valid_batch_size: int = 500
+    validate: bool = True  # Pyro's argument and shape checks (False: ~10% faster steps)
     progress: bool = True  # tqdm progress bar with the running loss
 
     def __post_init__(self):
@@ -166,13 +168,17 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.metrics: list[dict] = []
+        self.best_valid_elbo = -math.inf
 
     # -- set-up ---------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         if self.config.optimizer == "clipped-adam":
             return ClippedAdam(params, lr=self.config.lr, clip_norm=self.config.clip_norm)
-        return torch.optim.Adam(params, lr=self.config.lr)
+        try:  # the fused kernel is several times faster than the per-tensor loop
+            return torch.optim.Adam(params, lr=self.config.lr, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(params, lr=self.config.lr)
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -199,13 +205,21 @@ class Trainer:
             "rng": get_rng_state(),
             "metadata": self.metadata,
             "metrics": self.metrics,
+            "best_valid_elbo": self.best_valid_elbo,
         }
 
-    def save(self) -> None:
-        """Write the checkpoint and metrics atomically (no-op without a run_dir)."""
+    def save(self, best: bool = False) -> None:
+        """Write the checkpoint and metrics atomically (no-op without a run_dir).
+
+        With ``best``, also write ``best.pt``: the module alone, for model selection.
+        """
         if self.run_dir is None:
             return
-        save_atomic(self.state_dict(), self.checkpoint_path)
+        state = self.state_dict()
+        if best:
+            keep = ("format", "version", "epoch", "step", "module_state", "metadata", "metrics")
+            save_atomic({k: state[k] for k in keep}, self.run_dir / BEST_NAME)
+        save_atomic(state, self.checkpoint_path)
         write_jsonl_atomic(self.metrics, self.run_dir / METRICS_NAME)
 
     def load(self, ckpt: dict) -> None:
@@ -217,6 +231,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not match this model: {e}") from e
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.metrics = list(ckpt.get("metrics", []))
+        self.best_valid_elbo = float(ckpt.get("best_valid_elbo", -math.inf))
         set_rng_state(ckpt["rng"])
 
     # -- the loop -------------------------------------------------------------------------------
@@ -247,11 +262,14 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train_data) / self.config.batch_size)
         while self.epoch < self.config.epochs:
             row = self._train_epoch(train_data, steps_per_epoch)
+            best = False
             if valid_data is not None:
                 row.update(self.validate(valid_data))
+                best = row["valid_elbo"] > self.best_valid_elbo
+                self.best_valid_elbo = max(self.best_valid_elbo, row["valid_elbo"])
             self.metrics.append(row)
             self.epoch += 1
-            self.save()
+            self.save(best=best)
             if on_epoch_end is not None:
                 on_epoch_end(row)
         return self.metrics
@@ -297,7 +315,8 @@ class Trainer:
         model, guide = self.module.model, self.module.guide
         if kl_weight != 1.0:
             model, guide = LatentScale(kl_weight)(model), LatentScale(kl_weight)(guide)
-        loss = self.elbo.differentiable_loss(model, guide, x) / x.shape[0]
+        with pyro.validation_enabled(self.config.validate):
+            loss = self.elbo.differentiable_loss(model, guide, x) / x.shape[0]
         value = loss.item()
         if not math.isfinite(value):
             return value
