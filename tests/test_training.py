@@ -90,6 +90,7 @@ class _Poisoned(torch.nn.Module):
         return out * float("nan") if self.calls > self.after else out
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits_binary):
     vae = pg.create_model("vae", image_shape=(1, 8, 8), **SMALL)
     x = digits_binary[:256]
