@@ -98,6 +98,21 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--network", choices=("mlp", "conv"), help="VAE encoder/decoder type")
     p.add_argument("--hidden-dims", type=_hidden_dims, help="e.g. 512,256 (VAE encoder widths)")
+    p.add_argument("--prior", help="VAE prior: standard, mixture (GMVAE), vamp, categorical")
+    p.add_argument("--num-components", type=_positive, help="components of the mixture guide")
+    p.add_argument(
+        "--prior-components", type=_positive, help="GMVAE clusters / VampPrior pseudo-inputs"
+    )
+    p.add_argument("--flow-steps", type=_positive, help="IAF steps of the iaf guide")
+    p.add_argument("--rank", type=_positive, help="rank of the low-rank guide")
+    p.add_argument("--num-classes", type=_positive, help="classes per code (categorical guide)")
+    p.add_argument("--temperature", type=float, help="Gumbel-softmax temperature (categorical)")
+    p.add_argument(
+        "--straight-through",
+        action="store_const",
+        const=True,
+        help="categorical guide: hard samples in the forward pass during training",
+    )
     p.add_argument(
         "--set",
         type=_key_value,
@@ -111,10 +126,14 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--objective",
         choices=OBJECTIVES,
-        default="elbo",
-        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)",
+        default="auto",
+        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); iwae: "
+        "RenyiELBO(alpha=0) over --num-particles; enum: TraceEnum_ELBO (discrete sites summed "
+        "out); auto (default): enum for the GMVAE, meanfield for categorical codes, else elbo",
     )
-    p.add_argument("--num-particles", type=_positive, default=1, help="ELBO particles (1)")
+    p.add_argument(
+        "--num-particles", type=_positive, default=1, help="ELBO particles; K for iwae (1)"
+    )
     p.add_argument("--beta", type=float, default=1.0, help="KL weight (1.0; beta-VAE if > 1)")
     p.add_argument(
         "--anneal-epochs",
@@ -130,7 +149,10 @@ def _add_train(sub) -> None:
 
 def _model_config(args) -> dict:
     config = dict(args.set)
-    for key in ("guide", "latent_dim", "likelihood", "network", "hidden_dims"):
+    keys = ("guide", "latent_dim", "likelihood", "network", "hidden_dims", "prior",
+            "num_components", "prior_components", "flow_steps", "rank", "num_classes",
+            "temperature", "straight_through")  # fmt: skip
+    for key in keys:
         value = getattr(args, key)
         if value is not None:
             config[key] = value

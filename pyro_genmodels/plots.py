@@ -113,7 +113,12 @@ def plot_latent_manifold(module, n: int = 20, path=None, bound: float = 0.95):
 def plot_traversals(
     module, x: torch.Tensor | None = None, dims=None, span: float = 3.0, steps=9, path=None
 ):
-    """Vary one latent dimension at a time (others fixed at the encoding of ``x``, or 0)."""
+    """Vary one latent dimension at a time (others fixed at the encoding of ``x``, or 0).
+
+    Needs real-valued latents (not the one-hot codes of ``guide="categorical"``).
+    """
+    if not getattr(module, "latent_is_real", True):
+        raise ValueError("latent traversals need real-valued latents, not one-hot codes")
     d = module.latent_dim
     dims = list(range(min(d, 10))) if dims is None else list(dims)
     ref = module._ref()

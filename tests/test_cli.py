@@ -73,6 +73,30 @@ def test_resume_extends_a_run(trained_run, tmp_path, capsys):
     assert_one_line_error(code, err, "already holds a checkpoint")
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--guide", "iaf", "--flow-steps", "1", "--objective", "iwae", "--num-particles", "3"],
+        ["--guide", "gmvae", "--prior-components", "3", "--beta", "0.5"],
+        ["--guide", "categorical", "--num-classes", "4", "--temperature", "0.7",
+         "--straight-through"],
+        ["--guide", "mixture", "--num-components", "2", "--anneal-epochs", "1"],
+    ],
+    ids=["iaf-iwae", "gmvae", "categorical", "mixture"],
+)  # fmt: skip
+def test_guide_families_from_the_command_line(extra, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, err = run(capsys, *TRAIN, "--epochs", 1, "--limit", 128, "--out", out, *extra)
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", out, "--num-samples", 30, "--limit", 10,
+                       "--json", out / "e.json", "--no-progress")  # fmt: skip
+    r = json.loads((out / "e.json").read_text())
+    assert code == 0 and r["guide"] == extra[1] and math.isfinite(r["nll"]) and r["kl"] >= -0.5
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["objective"] == {"iaf": "iwae", "gmvae": "enum", "categorical": "meanfield",
+                                "mixture": "elbo"}[extra[1]]  # fmt: skip
+
+
 def test_unknown_names(tmp_path, capsys):
     code, _, err = run(
         capsys, "train", "--model", "vae", "--dataset", "cifar", "--out", tmp_path / "r"

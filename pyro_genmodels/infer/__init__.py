@@ -22,6 +22,7 @@ from .train import (
     fit,
     make_elbo,
     resolve_device,
+    resolve_objective,
 )
 
 __all__ = [
@@ -43,5 +44,6 @@ __all__ = [
     "prior_log_marginal",
     "psis_khat",
     "resolve_device",
+    "resolve_objective",
     "save_atomic",
 ]

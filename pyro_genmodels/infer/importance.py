@@ -106,8 +106,12 @@ def _reduce(site, log_prob: torch.Tensor, nesting: int) -> torch.Tensor:
     return log_prob.sum(other, keepdim=True) if other else log_prob
 
 
-def _chunk_log_weights(model, guide, x, k, nesting, enumerated) -> torch.Tensor:
-    """``(k, N)`` log weights for one chunk of k particles."""
+def _chunk_log_weights(model, guide, x, k, nesting, enumerated, observed=True) -> torch.Tensor:
+    """``(k, N)`` log weights for one chunk of k particles.
+
+    With ``observed=False`` the observed sites are left out: ``log p(z) - log q(z | x)``
+    (minus a KL sample), enumerated sites still summed out.
+    """
     particle_dim = -nesting - 1
     if enumerated:
         model = EnumMessenger(first_available_dim=particle_dim - 1)(model)
@@ -119,7 +123,7 @@ def _chunk_log_weights(model, guide, x, k, nesting, enumerated) -> torch.Tensor:
     guide_sites = _sample_sites(guide_tr)
     total = x.new_zeros(())
     for name, site in _sample_sites(model_tr).items():
-        if site["is_observed"] or name in guide_sites or name in enumerated:
+        if (site["is_observed"] and observed) or name in guide_sites or name in enumerated:
             total = total + _reduce(site, site["unscaled_log_prob"], nesting)
     for site in guide_sites.values():
         total = total - _reduce(site, site["unscaled_log_prob"], nesting)

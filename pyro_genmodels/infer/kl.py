@@ -11,7 +11,13 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence as torch_kl
 
-from .importance import _PARTICLES, _max_plate_nesting, _reduce, _sample_sites
+from .importance import (
+    _PARTICLES,
+    _chunk_log_weights,
+    _max_plate_nesting,
+    _reduce,
+    _sample_sites,
+)
 
 
 def _site_kl(guide_site, model_site, nesting: int, analytic: bool) -> torch.Tensor:
@@ -35,10 +41,15 @@ def kl_divergence(
 
     :param num_samples: particles for the Monte Carlo part (and for sites whose
         prior depends on other latents, whose analytic KL is conditional on them).
+        With enumerated model sites (the GMVAE cluster y) the prior is the mixture
+        summed over them, and the KL is estimated by Monte Carlo.
     :param analytic: use ``torch.distributions.kl_divergence`` where registered.
     :returns: ``(N,)`` tensor.
     """
-    nesting, _, _ = _max_plate_nesting(model, guide, x)
+    nesting, enumerated, _ = _max_plate_nesting(model, guide, x)
+    if enumerated:  # p(z) = sum_y p(y) p(z | y): Monte Carlo against the summed-out prior
+        lw = _chunk_log_weights(model, guide, x, int(num_samples), nesting, enumerated, False)
+        return -lw.mean(0)
     particle_dim = -nesting - 1
     with pyro.plate(_PARTICLES, int(num_samples), dim=particle_dim):
         guide_tr = poutine.trace(guide).get_trace(x)

@@ -23,6 +23,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
+from ..distributions.relaxed import relaxed_sampling
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -33,7 +34,8 @@ from .checkpoint import (
     set_rng_state,
     write_jsonl_atomic,
 )
-from .importance import log_importance_weights
+from .importance import _max_plate_nesting, log_importance_weights
+from .iwae import IWAE_ELBO
 from .kl import kl_divergence
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,21 +65,48 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
         "meanfield": lambda n: pyro.infer.TraceMeanField_ELBO(
             num_particles=n, vectorize_particles=n > 1
         ),
+        # the IWAE bound of Burda et al.: log (1/K) sum_k w_k over K vectorized particles
+        "iwae": lambda n: IWAE_ELBO(num_particles=n),
+        # discrete model sites marked for enumeration are summed out exactly
+        "enum": lambda n: pyro.infer.TraceEnum_ELBO(num_particles=n, vectorize_particles=n > 1),
     }
 
 
-OBJECTIVES = tuple(_elbo_objectives())
+#: "auto" asks the module (``module.default_objective``), else uses "elbo"
+OBJECTIVES = ("auto", *_elbo_objectives())
 OPTIMIZERS = ("adam", "clipped-adam")
 
 
-def make_elbo(objective: str, num_particles: int = 1) -> pyro.infer.ELBO:
-    """The Pyro ELBO for an objective name (see :data:`OBJECTIVES`)."""
+def make_elbo(
+    objective: str, num_particles: int = 1, max_plate_nesting: int | None = None
+) -> pyro.infer.ELBO:
+    """The Pyro ELBO for an objective name: ``elbo`` (Trace_ELBO), ``meanfield``
+    (TraceMeanField_ELBO, analytic KL where registered), ``iwae`` (RenyiELBO with
+    alpha=0) or ``enum`` (TraceEnum_ELBO)."""
     table = _elbo_objectives()
     if objective not in table:
-        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(table)}")
+        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    return table[objective](int(num_particles))
+    elbo = table[objective](int(num_particles))
+    if max_plate_nesting is not None:  # spares Pyro's guess (and its log line)
+        extra = 1 if elbo.vectorize_particles and elbo.num_particles > 1 else 0
+        elbo.max_plate_nesting = int(max_plate_nesting) + extra
+    return elbo
+
+
+def resolve_objective(objective: str, module) -> str:
+    """Resolve ``"auto"`` and check that the objective suits the module."""
+    if objective == "auto":
+        objective = getattr(module, "default_objective", "elbo")
+    if objective not in OBJECTIVES[1:]:
+        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if getattr(module, "requires_enumeration", False) and objective != "enum":
+        raise ValueError(
+            f"this model has an enumerated discrete site (e.g. the GMVAE cluster); "
+            f"objective {objective!r} cannot sum it out: use objective 'enum' (or 'auto')"
+        )
+    return objective
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,8 +126,8 @@ class TrainConfig:
     lr: float = 1e-3  # learning rate
     optimizer: str = "adam"  # "adam" | "clipped-adam" (Pyro's, per-parameter norm clipping)
     clip_norm: float = 10.0  # clipped-adam only
-    objective: str = "elbo"  # "elbo" (Trace_ELBO) | "meanfield" (TraceMeanField_ELBO)
-    num_particles: int = 1  # particles per ELBO estimate (vectorized)
+    objective: str = "auto"  # "elbo" | "meanfield" | "iwae" | "enum"; auto: the model's choice
+    num_particles: int = 1  # particles per ELBO estimate (vectorized); K for "iwae"
     beta: float = 1.0  # KL weight (beta-VAE)
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
     seed: int = 0
@@ -110,7 +139,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
-        make_elbo(self.objective, self.num_particles)  # validates both
+        if self.objective != "auto":
+            make_elbo(self.objective, self.num_particles)  # validates both
+        elif int(self.num_particles) < 1:
+            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < (0 if key == "epochs" else 1):
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
@@ -163,7 +195,8 @@ class Trainer:
         self.module = module.to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metadata = dict(metadata or {})
-        self.elbo = make_elbo(self.config.objective, self.config.num_particles)
+        self.objective = resolve_objective(self.config.objective, module)
+        self.elbo = None  # built at the first step, when the plate nesting is known
         self.optimizer = self._make_optimizer()
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -307,20 +340,28 @@ class Trainer:
             "epoch": self.epoch + 1,
             "train_loss": total / count,  # negative (beta-weighted) ELBO per image, nats
             "kl_weight": self.kl_weight(self.step - 1, steps_per_epoch),
+            "objective": self.objective,
             "seconds": time.perf_counter() - start,
             "steps": self.step,
         }
 
     def _step(self, x: torch.Tensor, kl_weight: float) -> float:
+        """One SVI step on the per-image loss (the batch loss divided by the batch size)."""
         model, guide = self.module.model, self.module.guide
         if kl_weight != 1.0:
             model, guide = LatentScale(kl_weight)(model), LatentScale(kl_weight)(guide)
-        with pyro.validation_enabled(self.config.validate):
-            loss = self.elbo.differentiable_loss(model, guide, x) / x.shape[0]
+        n = x.shape[0]
+        if self.elbo is None:
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
+                nesting = _max_plate_nesting(self.module.model, self.module.guide, x)[0]
+            self.elbo = make_elbo(self.objective, self.config.num_particles, nesting)
+        self.optimizer.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(self.config.validate), relaxed_sampling():
+            loss = self.elbo.differentiable_loss(model, guide, x) / n
         value = loss.item()
         if not math.isfinite(value):
             return value
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1

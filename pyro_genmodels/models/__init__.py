@@ -2,14 +2,28 @@
 
 from .base import ImageModel
 from .guides import Posterior, list_families, make_posterior, register_family
-from .priors import StandardNormalPrior
+from .priors import (
+    PRIORS,
+    MixtureOfGaussiansPrior,
+    Prior,
+    StandardNormalPrior,
+    UniformCategoricalPrior,
+    VampPrior,
+    make_prior,
+)
 from .vae import VAE, VAEConfig
 
 __all__ = [
     "VAE",
     "ImageModel",
     "Posterior",
+    "MixtureOfGaussiansPrior",
+    "PRIORS",
+    "Prior",
     "StandardNormalPrior",
+    "UniformCategoricalPrior",
+    "VampPrior",
+    "make_prior",
     "VAEConfig",
     "list_families",
     "make_posterior",

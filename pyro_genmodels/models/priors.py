@@ -1,20 +1,170 @@
-"""Priors p(z). A prior is a module called with a reference tensor (the data),
-so the distribution it returns lives on the data's device and dtype."""
+"""Priors p(z) as small Pyro programs.
+
+A prior is a module with
+
+* ``sample_site(name, ref, owner)``: the sample statements of p(z), run inside the
+  model's data plate; returns z. ``ref`` is the data (device, dtype, batch),
+  ``owner`` the model (the VampPrior needs its encoder and posterior);
+* ``draw(n, ref, owner)``: n samples of z outside any Pyro program;
+* ``event_shape``: the shape of one z;
+* ``enumerated``: whether it has discrete sites summed out by ``TraceEnum_ELBO``.
+"""
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..distributions.relaxed import uniform_one_hot
 
-class StandardNormalPrior(nn.Module):
+
+class Prior(nn.Module):
+    name = ""
+    enumerated = False
+
+    @property
+    def event_shape(self) -> torch.Size:
+        raise NotImplementedError
+
+    def sample_site(self, name: str, ref: torch.Tensor, owner=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def draw(self, n: int, ref: torch.Tensor, owner=None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class StandardNormalPrior(Prior):
     """p(z) = N(0, I) over ``latent_dim`` dimensions."""
+
+    name = "standard"
 
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = int(latent_dim)
 
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size([self.latent_dim])
+
     def forward(self, ref: torch.Tensor) -> dist.TorchDistribution:
         loc = ref.new_zeros(self.latent_dim)
         return dist.Normal(loc, torch.ones_like(loc), validate_args=False).to_event(1)
+
+    def sample_site(self, name, ref, owner=None):
+        return pyro.sample(name, self(ref))
+
+    def draw(self, n, ref, owner=None):
+        return self(ref).sample((n,))
+
+
+class MixtureOfGaussiansPrior(Prior):
+    """The GMVAE prior: a cluster y ~ Cat(pi), then z | y ~ N(mu_y, diag(sigma_y^2)).
+
+    y is a model-only site marked for parallel enumeration, so ``TraceEnum_ELBO``
+    sums it out exactly in training and ``log_marginal`` sums it out per image.
+    Means, scales and weights are learned.
+    """
+
+    name = "mixture"
+    enumerated = True
+
+    def __init__(self, latent_dim: int, num_components: int = 10):
+        super().__init__()
+        self.latent_dim, self.num_components = int(latent_dim), int(num_components)
+        self.locs = nn.Parameter(torch.randn(num_components, latent_dim))
+        self.log_scales = nn.Parameter(torch.zeros(num_components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(num_components))
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size([self.latent_dim])
+
+    def component(self, y: torch.Tensor) -> dist.TorchDistribution:
+        scale = self.log_scales.clamp(-7, 5).exp()
+        return dist.Normal(self.locs[y], scale[y], validate_args=False).to_event(1)
+
+    def marginal(self) -> dist.TorchDistribution:
+        """p(z) with y summed out, as one distribution."""
+        scale = self.log_scales.clamp(-7, 5).exp()
+        comp = dist.Normal(self.locs, scale).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
+
+    def sample_site(self, name, ref, owner=None):
+        y = pyro.sample(
+            f"{name}_cluster",
+            dist.Categorical(logits=self.logits),
+            infer={"enumerate": "parallel"},
+        )
+        return pyro.sample(name, self.component(y))
+
+    def draw(self, n, ref, owner=None):
+        return self.marginal().sample((n,))
+
+
+class VampPrior(Prior):
+    """p(z) = 1/K sum_k q(z | u_k) with K learned pseudo-inputs u_k (Tomczak & Welling 2018).
+
+    Uses the owner's encoder and posterior family; the mixture is summed inside
+    ``log_prob`` (``MixtureSameFamily``), so it needs no enumeration.
+    """
+
+    name = "vamp"
+
+    def __init__(self, latent_dim: int, image_shape, num_components: int = 50):
+        super().__init__()
+        self.latent_dim, self.num_components = int(latent_dim), int(num_components)
+        self.pseudo_logits = nn.Parameter(torch.randn(num_components, *image_shape) * 0.1 - 1.0)
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size([self.latent_dim])
+
+    def distribution(self, owner) -> dist.TorchDistribution:
+        u = torch.sigmoid(self.pseudo_logits)  # (K, C, H, W) in (0, 1)
+        q = owner.posterior(owner.encoder(u))  # batch (K,), event (D,)
+        mix = dist.Categorical(logits=u.new_zeros(self.num_components))
+        return dist.MixtureSameFamily(mix, q)
+
+    def sample_site(self, name, ref, owner=None):
+        return pyro.sample(name, self.distribution(owner))
+
+    def draw(self, n, ref, owner=None):
+        return self.distribution(owner).sample((n,))
+
+
+class UniformCategoricalPrior(Prior):
+    """L independent uniform one-hot codes of K classes: event_shape ``(L, K)``."""
+
+    name = "categorical"
+
+    def __init__(self, num_variables: int, num_classes: int):
+        super().__init__()
+        self.num_variables, self.num_classes = int(num_variables), int(num_classes)
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size([self.num_variables, self.num_classes])
+
+    def sample_site(self, name, ref, owner=None):
+        return pyro.sample(name, uniform_one_hot(ref, self.num_variables, self.num_classes))
+
+    def draw(self, n, ref, owner=None):
+        return uniform_one_hot(ref, self.num_variables, self.num_classes).sample((n,))
+
+
+PRIORS = ("standard", "mixture", "vamp", "categorical")
+
+
+def make_prior(name: str, latent_dim: int, image_shape, num_components: int, num_classes: int):
+    """Build a prior by name (see :data:`PRIORS`)."""
+    if name == "standard":
+        return StandardNormalPrior(latent_dim)
+    if name == "mixture":
+        return MixtureOfGaussiansPrior(latent_dim, num_components)
+    if name == "vamp":
+        return VampPrior(latent_dim, image_shape, num_components)
+    if name == "categorical":
+        return UniformCategoricalPrior(latent_dim, num_classes)
+    raise ValueError(f"unknown prior {name!r}; valid: {', '.join(PRIORS)}")

@@ -1,11 +1,13 @@
 """The variational autoencoder as a Pyro program.
 
-``model(x)``: z ~ p(z), x | z ~ p(x | z) with a neural decoder.
-``guide(x)``: z ~ q(z | x) from an encoder and a swappable posterior family.
+``model(x)``: z ~ p(z) (a prior program, possibly with an enumerated cluster),
+x | z ~ p(x | z) with a neural decoder. ``guide(x)``: z ~ q(z | x) from an
+encoder and a swappable posterior family.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyro
@@ -16,19 +18,27 @@ from ..distributions import LIKELIHOODS, Likelihood, get_likelihood
 from ..nn import NETWORKS, make_encoder_decoder
 from ..registry import register_model
 from .base import ImageModel
-from .guides import Posterior, list_families, make_posterior
-from .priors import StandardNormalPrior
+from .guides import Posterior, family_class, make_posterior
+from .priors import PRIORS, Prior, make_prior
 
 
 @dataclass
 class VAEConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     likelihood: str = "bernoulli"  # "bernoulli" (binary data) | "gaussian" (grey levels)
-    latent_dim: int = 50  # size of z
+    latent_dim: int = 50  # size of z (number of one-hot codes for guide="categorical")
     guide: str = "diagonal"  # posterior family, see pyro_genmodels.models.list_families()
+    prior: str = "auto"  # "standard" | "mixture" | "vamp" | "categorical"; auto: the family's
     network: str = "mlp"  # encoder/decoder: "mlp" | "conv" (H, W divisible by 4)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
     gaussian_scale: float | None = None  # gaussian only: fixed std, or None to learn it
+    num_components: int = 4  # guide="mixture": components of q(z|x)
+    prior_components: int = 10  # prior="mixture" (GMVAE clusters) or "vamp" (pseudo-inputs)
+    rank: int = 2  # guide="low-rank": rank of the covariance factor
+    flow_steps: int = 2  # guide="iaf": number of IAF steps
+    num_classes: int = 10  # guide="categorical": classes per code
+    temperature: float = 0.5  # guide="categorical": Gumbel-softmax temperature in training
+    straight_through: bool = False  # guide="categorical": hard forward, relaxed gradient
 
     def __post_init__(self):
         if int(self.latent_dim) < 1:
@@ -40,9 +50,15 @@ class VAEConfig:
             )
         if self.network not in NETWORKS:
             raise ValueError(f"unknown network {self.network!r}; valid: {', '.join(NETWORKS)}")
-        if self.guide not in list_families():
+        family = family_class(self.guide)  # raises for unknown names, listing the valid ones
+        if self.prior == "auto":
+            self.prior = family.default_prior
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; valid: auto, {', '.join(PRIORS)}")
+        if (self.prior == "categorical") != (family.default_prior == "categorical"):
             raise ValueError(
-                f"unknown guide family {self.guide!r}; valid: {', '.join(list_families())}"
+                "the categorical guide and the categorical prior go together "
+                f"(got guide={self.guide!r}, prior={self.prior!r})"
             )
         self.latent_dim = int(self.latent_dim)
         self.image_shape = tuple(self.image_shape)
@@ -55,10 +71,10 @@ class VAE(ImageModel):
 
     :param config: a :class:`VAEConfig` (``create_model("vae", **keys)`` builds it).
     :param encoder: ``(..., C, H, W) -> (..., F)`` with attribute ``feature_dim``.
-    :param decoder: ``(..., latent_dim) -> (..., likelihood.param_channels, H, W)``.
+    :param decoder: ``(..., z_size) -> (..., likelihood.param_channels, H, W)``.
     :param likelihood: a :class:`~pyro_genmodels.distributions.Likelihood`.
     :param posterior: a :class:`~pyro_genmodels.models.guides.Posterior` family.
-    :param prior: a module ``ref -> p(z)`` (default standard normal).
+    :param prior: a :class:`~pyro_genmodels.models.priors.Prior`.
 
     Subclass and override :meth:`model` or :meth:`guide` to change the program itself.
     """
@@ -71,7 +87,7 @@ class VAE(ImageModel):
         decoder: nn.Module | None = None,
         likelihood: Likelihood | None = None,
         posterior: Posterior | None = None,
-        prior: nn.Module | None = None,
+        prior: Prior | None = None,
     ):
         config = config or VAEConfig()
         super().__init__(config)
@@ -79,32 +95,68 @@ class VAE(ImageModel):
             kwargs = {"scale": config.gaussian_scale} if config.likelihood == "gaussian" else {}
             likelihood = get_likelihood(config.likelihood, self.image_shape, **kwargs)
         self.likelihood = likelihood
+        self.prior = prior or make_prior(
+            config.prior,
+            config.latent_dim,
+            self.image_shape,
+            config.prior_components,
+            config.num_classes,
+        )
+        z_size = math.prod(self.prior.event_shape)
         if encoder is None or decoder is None:
             enc, dec = make_encoder_decoder(
-                config.network,
-                self.image_shape,
-                config.latent_dim,
-                likelihood.param_channels,
+                config.network, self.image_shape, z_size, likelihood.param_channels,
                 config.hidden_dims,
-            )
+            )  # fmt: skip
             encoder = encoder or enc
             decoder = decoder or dec
         self.encoder = encoder
         self.decoder = decoder
         feature_dim = getattr(encoder, "feature_dim", None) or config.hidden_dims[-1]
-        self.posterior = posterior or make_posterior(config.guide, feature_dim, config.latent_dim)
-        self.prior = prior or StandardNormalPrior(config.latent_dim)
+        self.posterior = posterior or make_posterior(
+            config.guide,
+            feature_dim,
+            config.latent_dim,
+            num_components=config.num_components,
+            rank=config.rank,
+            flow_steps=config.flow_steps,
+            num_classes=config.num_classes,
+            temperature=config.temperature,
+            straight_through=config.straight_through,
+        )
 
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
+    @property
+    def latent_is_real(self) -> bool:
+        """False for one-hot codes (``guide="categorical"``)."""
+        return self.prior.name != "categorical"
+
+    @property
+    def requires_enumeration(self) -> bool:
+        """The model has discrete sites that only ``TraceEnum_ELBO`` sums out."""
+        return bool(self.prior.enumerated)
+
+    @property
+    def default_objective(self) -> str:
+        """The training objective ``objective="auto"`` picks for this model."""
+        if self.requires_enumeration:
+            return "enum"
+        return "meanfield" if not self.latent_is_real else "elbo"
+
+    def _flat(self, z: torch.Tensor) -> torch.Tensor:
+        """z with its event dims flattened: the decoder's input ``(..., z_size)``."""
+        n = len(self.prior.event_shape)
+        return z.flatten(-n) if n > 1 else z
+
     # -- the Pyro program ---------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x))  # (..., N, D)
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            z = self.prior.sample_site("z", x, self)  # (..., N, *event)
+            pyro.sample("x", self.likelihood(self.decoder(self._flat(z))), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         x = self.check_input(x)
@@ -114,13 +166,13 @@ class VAE(ImageModel):
     # -- conveniences -------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of q(z | x), ``(N, latent_dim)``."""
+        """The mean of q(z | x), ``(N, z_size)`` (class probabilities for one-hot codes)."""
         x = self.check_input(x)
         return self.posterior.mean(self.encoder(x))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        """Images for latents ``z`` ``(..., D)``: the likelihood's mean, or a sample."""
+        """Images for flat latents ``z`` ``(..., z_size)``: the likelihood's mean or a draw."""
         params = self.decoder(z)
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
@@ -132,5 +184,5 @@ class VAE(ImageModel):
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = False) -> torch.Tensor:
         """Draw images: z ~ p(z), then x ~ p(x | z) (or its mean if ``mean``)."""
-        z = self.prior(self._ref()).sample((int(num_samples),))
-        return self.decode(z, mean=mean)
+        z = self.prior.draw(int(num_samples), self._ref(), self)
+        return self.decode(self._flat(z), mean=mean)

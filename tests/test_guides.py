@@ -1,0 +1,238 @@
+"""Posterior families, priors and objectives (issue: swappable q(z|x))."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from test_importance import LinearGaussian
+
+import pyro_genmodels as pg
+from pyro_genmodels.distributions.relaxed import GumbelSoftmaxCategorical, relaxed_sampling
+from pyro_genmodels.infer import (
+    LatentScale,
+    fit,
+    kl_divergence,
+    log_marginal,
+    make_elbo,
+    resolve_objective,
+)
+from pyro_genmodels.models import list_families, make_posterior
+
+FAMILIES = ["diagonal", "full-rank", "low-rank", "mixture", "iaf", "gmvae", "categorical"]
+
+
+def test_every_family_is_listed():
+    assert list_families() == FAMILIES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_samples_log_prob_and_gradients(family):
+    encoder = torch.nn.Linear(10, 6)
+    q_net = make_posterior(family, 6, 3, num_classes=4)
+    h = encoder(torch.randn(5, 10))
+    q = q_net(h)
+    event = (3, 4) if family == "categorical" else (3,)
+    assert q.batch_shape == (5,) and q.event_shape == event
+    with relaxed_sampling():  # categorical codes are relaxed (differentiable) in training
+        z = q.expand((7, 5)).rsample()  # as inside a particle plate
+    assert z.shape == (7, 5, *event)
+    hard = q.expand((2, 5)).sample()
+    assert torch.isfinite(q.log_prob(hard)).all() and q.log_prob(hard).shape == (2, 5)
+    (z**2).sum().backward()
+    assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
+    assert q_net.mean(h).shape == (5, math.prod(event))
+
+
+def _set_exact_full_rank(q_net, lg):
+    """Weights making FullRankNormal output the exact posterior of ``lg`` for h = x."""
+    cov = lg.post_cov
+    gain = cov @ lg.W.T / lg.s**2  # mean = gain (x - b)
+    chol = torch.linalg.cholesky(cov)
+    with torch.no_grad():
+        q_net.loc.weight.copy_(gain)
+        q_net.loc.bias.copy_(-gain @ lg.b)
+        q_net.raw_diag.weight.zero_()
+        q_net.raw_diag.bias.copy_(torch.log(torch.expm1(chol.diagonal() - 1e-5)))
+        q_net.off_diag.weight.zero_()
+        q_net.off_diag.bias.copy_(chol[q_net._rows, q_net._cols])
+
+
+def test_full_rank_with_the_exact_posterior_is_exact_at_k1():
+    lg = LinearGaussian(d_z=3, d_x=6, s=0.5, seed=1)
+    corr = lg.post_cov / lg.post_cov.diagonal().sqrt().outer(lg.post_cov.diagonal().sqrt())
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() > 0.2  # correlated posterior
+    full = make_posterior("full-rank", 6, 3).double()
+    _set_exact_full_rank(full, lg)
+    diag = make_posterior("diagonal", 6, 3).double()
+    with torch.no_grad():  # the best a diagonal can do here: exact means and marginal scales
+        diag.loc.load_state_dict(full.loc.state_dict())
+        diag.raw_scale.weight.zero_()
+        diag.raw_scale.bias.copy_(torch.log(torch.expm1(lg.post_cov.diagonal().sqrt() - 1e-5)))
+
+    def guide_of(q_net):
+        def guide(x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", q_net(x))
+
+        return guide
+
+    x = lg.sample_x(40)
+    exact = lg.exact_log_px(x)
+    est = log_marginal(lg.model, guide_of(full), x, 1)
+    torch.testing.assert_close(est, exact, rtol=0, atol=1e-9)
+    assert (log_marginal(lg.model, guide_of(diag), x, 1) - exact).abs().max() > 0.05
+
+
+def test_one_component_mixture_matches_diagonal():
+    diag = make_posterior("diagonal", 6, 3)
+    mix = make_posterior("mixture", 6, 3, num_components=1)
+    with torch.no_grad():
+        mix.locs.load_state_dict(diag.loc.state_dict())
+        mix.raw_scales.load_state_dict(diag.raw_scale.state_dict())
+    h = torch.randn(8, 6)
+    q_d, q_m = diag(h), mix(h)
+    z = q_d.sample((5,))
+    torch.testing.assert_close(q_m.log_prob(z), q_d.log_prob(z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mix.mean(h), diag.mean(h))
+    pyro.set_rng_seed(0)
+    zm = q_m.expand((20000, 8)).sample()
+    torch.testing.assert_close(zm.std(0), q_d.base_dist.scale, rtol=0.03, atol=0)
+
+
+def _vae(**kw):
+    cfg = dict(image_shape=(1, 8, 8), latent_dim=3, hidden_dims=(32,))
+    cfg.update(kw)
+    return pg.create_model("vae", **cfg)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_iwae_with_one_particle_equals_trace_elbo(digits_binary, beta):
+    vae = _vae()
+    x = digits_binary[:16]
+    model, guide = LatentScale(beta)(vae.model), LatentScale(beta)(vae.guide)
+    results = []
+    for objective in ("elbo", "iwae"):
+        vae.zero_grad()
+        pyro.set_rng_seed(7)
+        loss = make_elbo(objective, 1, max_plate_nesting=1).differentiable_loss(model, guide, x)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in vae.parameters()]))
+    (l_elbo, g_elbo), (l_iwae, g_iwae) = results
+    assert l_iwae == pytest.approx(l_elbo, rel=1e-6)
+    for a, b in zip(g_elbo, g_iwae, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _gmvae_brute_force(vae, x):
+    """log p(x) = log sum_y pi_y int N(z; mu_y, s_y) p(x | z) dz by quadrature (latent_dim 1)."""
+    z = torch.linspace(-15, 15, 30001, dtype=torch.float64)[:, None]
+    prior = vae.prior.marginal()
+    log_pz = prior.log_prob(z)  # (G,)
+    log_px_z = vae.likelihood(vae.decoder(z)).log_prob(x[:, None])  # (N, G)
+    dz = z[1, 0] - z[0, 0]
+    return torch.logsumexp(log_pz + log_px_z, -1) + dz.log()
+
+
+def test_gmvae_log_marginal_matches_brute_force():
+    torch.manual_seed(2)
+    vae = _vae(image_shape=(1, 1, 2), latent_dim=1, guide="gmvae", prior_components=3).double()
+    with torch.no_grad():
+        vae.prior.locs.copy_(torch.tensor([[-2.0], [0.5], [3.0]]))
+        vae.prior.logits.copy_(torch.tensor([0.3, -0.5, 0.0]))
+        # a wide proposal covering all three modes, so that K = 20000 is accurate
+        vae.posterior.loc.weight.zero_()
+        vae.posterior.loc.bias.fill_(0.5)
+        vae.posterior.raw_scale.weight.zero_()
+        vae.posterior.raw_scale.bias.fill_(math.log(math.expm1(3.0)))
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    x = x.reshape(4, 1, 1, 2)
+    exact = _gmvae_brute_force(vae, x)
+    assert torch.logsumexp(exact, 0).abs() < 1e-6  # the four images' probabilities sum to 1
+    est = log_marginal(vae.model, vae.guide, x, 20000)
+    torch.testing.assert_close(est, exact, rtol=0, atol=0.02)
+    assert resolve_objective("auto", vae) == "enum"
+    with pytest.raises(ValueError, match="use objective 'enum'"):
+        resolve_objective("elbo", vae)
+
+
+def test_categorical_code_is_exact_discrete_at_evaluation():
+    torch.manual_seed(3)
+    vae = _vae(image_shape=(1, 2, 2), latent_dim=2, guide="categorical", num_classes=3).double()
+    q = vae.posterior(vae.encoder(torch.zeros(1, 1, 2, 2, dtype=torch.float64)))
+    hard = q.sample((100,))
+    assert set(hard.unique().tolist()) == {0.0, 1.0} and (hard.sum(-1) == 1).all()
+    with relaxed_sampling():
+        soft = vae.posterior(vae.encoder(torch.zeros(1, 1, 2, 2, dtype=torch.float64))).rsample()
+    assert ((soft > 0) & (soft < 1)).all()
+    # brute force: p(x) = sum over the 9 codes of p(z) p(x | z)
+    codes = torch.eye(3, dtype=torch.float64)
+    z = torch.stack([torch.stack([codes[i], codes[j]]) for i in range(3) for j in range(3)])
+    x = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float64).reshape(2, 1, 2, 2)
+    log_px_z = vae.likelihood(vae.decoder(z.flatten(-2))).log_prob(x[:, None])  # (2, 9)
+    exact = torch.logsumexp(log_px_z - math.log(9), -1)
+    torch.testing.assert_close(
+        log_marginal(vae.model, vae.guide, x, 20000), exact, rtol=0, atol=0.01
+    )
+    probs = vae.posterior(vae.encoder(x)).base_dist.probs
+    analytic = (probs * (probs.log() + math.log(3))).sum((-1, -2))
+    torch.testing.assert_close(kl_divergence(vae.model, vae.guide, x), analytic)
+    assert vae.default_objective == "meanfield"
+
+
+def test_gumbel_softmax_relaxed_sample_tends_to_the_categorical():
+    logits = torch.tensor([0.0, 1.0, -1.0])
+    q = GumbelSoftmaxCategorical(logits.expand(20000, 3), temperature=0.5)
+    freq = q.sample().mean(0)
+    torch.testing.assert_close(freq, torch.softmax(logits, -1), rtol=0, atol=0.015)
+    with relaxed_sampling():
+        st = GumbelSoftmaxCategorical(logits.requires_grad_(), 0.5, straight_through=True)
+        y = st.rsample()
+    assert set(y.detach().unique().tolist()) == {0.0, 1.0}
+    (y * torch.arange(3.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0  # the relaxed gradient flows through hard samples
+
+
+def test_vamp_prior_is_the_mean_of_posteriors_at_pseudo_inputs():
+    vae = _vae(prior="vamp", prior_components=5)
+    z = torch.randn(4, 3)
+    u = torch.sigmoid(vae.prior.pseudo_logits)
+    q = vae.posterior(vae.encoder(u))  # batch (5,)
+    manual = torch.logsumexp(q.log_prob(z[:, None]), -1) - math.log(5)
+    torch.testing.assert_close(vae.prior.distribution(vae).log_prob(z), manual)
+
+
+def test_unknown_names_are_clear():
+    with pytest.raises(ValueError, match="unknown guide family 'flow'; valid: diagonal, full-rank"):
+        pg.create_model("vae", guide="flow")
+    with pytest.raises(ValueError, match="unknown prior 'laplace'; valid: auto, standard"):
+        pg.create_model("vae", prior="laplace")
+    with pytest.raises(ValueError, match="categorical guide and the categorical prior go together"):
+        pg.create_model("vae", prior="categorical")
+    with pytest.raises(
+        ValueError, match="unknown objective 'kl'; valid: auto, elbo, meanfield, iwae, enum"
+    ):
+        make_elbo("kl")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_trains_and_evaluates(family, digits_binary):
+    vae = _vae(guide=family, num_classes=4)
+    x = digits_binary[:256]
+    metrics = fit(vae, x, x[:64], epochs=2, batch_size=64, progress=False, anneal_epochs=1)
+    assert metrics[0]["kl_weight"] == pytest.approx(1.0) and math.isfinite(
+        metrics[-1]["valid_elbo"]
+    )
+    lm = log_marginal(vae.model, vae.guide, x[:8], 100)
+    assert torch.isfinite(lm).all() and (lm <= 0).all()
+    assert vae.sample(3).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "meanfield", "iwae"])
+def test_objectives_with_beta_and_particles(objective, digits_binary):
+    vae = _vae()
+    x = digits_binary[:128]
+    metrics = fit(vae, x, x[:32], epochs=1, batch_size=64, progress=False, objective=objective,
+                  num_particles=3, beta=2.0)  # fmt: skip
+    assert metrics[0]["objective"] == objective and metrics[0]["kl_weight"] == 2.0
+    assert math.isfinite(metrics[0]["train_loss"])
