@@ -300,6 +300,7 @@ class Trainer:
                 row.update(self.validate(valid_data))
                 best = row["valid_elbo"] > self.best_valid_elbo
                 self.best_valid_elbo = max(self.best_valid_elbo, row["valid_elbo"])
+            self._check_finite(row)
             self.metrics.append(row)
             self.epoch += 1
             self.save(best=best)
@@ -366,6 +367,17 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return value
+
+    def _check_finite(self, row: dict) -> None:
+        """Never checkpoint NaN parameters (a NaN gradient can precede a NaN loss)."""
+        bad = [n for n, p in self.module.named_parameters() if not torch.isfinite(p).all()]
+        if bad or not math.isfinite(row.get("valid_elbo", 0.0)):
+            what = f"parameter {bad[0]!r}" if bad else "the validation ELBO"
+            kept = f"; the last good checkpoint (epoch {self.epoch}) is kept" if self.epoch else ""
+            raise TrainingDiverged(
+                f"{what} became NaN or infinite in epoch {self.epoch + 1}{kept}; "
+                "try a lower --lr or clipped-adam"
+            )
 
     @torch.no_grad()
     def validate(self, valid_data: torch.Tensor) -> dict:

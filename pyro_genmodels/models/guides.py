@@ -161,6 +161,20 @@ class LowRankNormal(Posterior):
         return self.loc(h)
 
 
+class _Float64MixtureOfDiagNormals(dist.MixtureOfDiagNormals):
+    """Pyro's mixture with its reparameterized sample computed in float64.
+
+    The implicit gradient divides densities ``exp(log q_j)`` of the D-dimensional
+    components; in float32 these underflow once ``log q_j < -103`` (D = 50 with
+    scales near 2 is enough) and the gradient becomes NaN. float64 pushes that to
+    -745.
+    """
+
+    def rsample(self, sample_shape=torch.Size()):  # noqa: B008 - torch's signature
+        params = (self.locs.double(), self.coord_scale.double(), self.component_logits.double())
+        return dist.MixtureOfDiagNormals(*params).rsample(sample_shape).to(self.locs.dtype)
+
+
 @register_family("mixture")
 class MixtureNormal(Posterior):
     """q(z | x) = sum_k w_k(h) N(mu_k(h), diag sigma_k(h)^2), Pyro's ``MixtureOfDiagNormals``
@@ -182,7 +196,7 @@ class MixtureNormal(Posterior):
         return locs, scales, self.logits(h)
 
     def forward(self, h):
-        return dist.MixtureOfDiagNormals(*self._params(h))
+        return _Float64MixtureOfDiagNormals(*self._params(h))
 
     def mean(self, h):
         locs, _, logits = self._params(h)
