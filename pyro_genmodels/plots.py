@@ -150,3 +150,37 @@ def plot_log_marginal_vs_k(ks: Sequence[int], estimates: dict[str, np.ndarray], 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+@torch.no_grad()
+def plot_posterior_2d(
+    module, x: torch.Tensor, ax=None, num_samples: int = 400, span=None, path=None
+):
+    """One image's posterior in a 2-D latent space: contours of the exact (unnormalized)
+    log p(x, z) on a grid, and samples from q(z | x) on top.
+
+    :param x: one image ``(1, C, H, W)``.
+    """
+    if getattr(module, "latent_dim", None) != 2 or not getattr(module, "latent_is_real", True):
+        raise ValueError("the 2-D posterior plot needs real latents with latent_dim == 2")
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4, 4))
+    ref = module._ref()
+    x = x[:1].to(ref.device)
+    q = module.posterior(module.encoder(x))
+    z = q.expand((num_samples, 1)).sample()[:, 0]  # (S, 2)
+    center = module.posterior.mean(module.encoder(x))[0]
+    half = span or max(3.0, 1.5 * float((z - center).abs().max()))
+    axis = torch.linspace(-half, half, 120, dtype=ref.dtype, device=ref.device)
+    grid = torch.stack(torch.meshgrid(axis + center[0], axis + center[1], indexing="xy"), -1)
+    log_joint = module.log_joint(x, grid.reshape(-1, 1, 2)).reshape(120, 120)
+    density = (log_joint - log_joint.max()).exp().cpu()
+    ax.contourf(grid[..., 0].cpu(), grid[..., 1].cpu(), density, levels=12, cmap="Blues")
+    ax.scatter(z[:, 0].cpu(), z[:, 1].cpu(), s=3, color="C3", alpha=0.5, label="z ~ q(z|x)")
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    if fig is not None:
+        ax.legend(loc="upper right", fontsize=8)
+        return _finish(fig, path)
+    return ax.figure

@@ -236,3 +236,14 @@ def test_objectives_with_beta_and_particles(objective, digits_binary):
                   num_particles=3, beta=2.0)  # fmt: skip
     assert metrics[0]["objective"] == objective and metrics[0]["kl_weight"] == 2.0
     assert math.isfinite(metrics[0]["train_loss"])
+
+
+def test_log_joint_sums_out_the_cluster():
+    vae = _vae(guide="gmvae", prior_components=4).double()
+    x = (torch.rand(3, 1, 8, 8) < 0.4).double()
+    z = torch.randn(5, 3, 3, dtype=torch.float64)
+    prior = vae.prior
+    per_cluster = torch.stack([prior.component(torch.tensor(k)).log_prob(z) for k in range(4)], -1)
+    log_pz = torch.logsumexp(per_cluster + torch.log_softmax(prior.logits, -1), -1)
+    log_px_z = vae.likelihood(vae.decoder(z)).log_prob(x)
+    torch.testing.assert_close(vae.log_joint(x, z), log_pz + log_px_z)

@@ -31,6 +31,9 @@ def test_plots_write_png(tmp_path):
         "traversals.png": lambda p: plots.plot_traversals(vae, x, path=p, steps=5),
         "k.png": lambda p: plots.plot_log_marginal_vs_k([1, 10], {"a": [[-3.0, -2.0]]}, p),
     }
+    gmvae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=2, hidden_dims=(16,),
+                            guide="gmvae")  # fmt: skip
+    figures["posterior.png"] = lambda p: plots.plot_posterior_2d(gmvae, x[:1], path=p)
     for name, make in figures.items():
         make(tmp_path / name)
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name

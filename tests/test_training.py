@@ -109,6 +109,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits_binary):
     )
 
 
+class _NaNGradient(torch.nn.Module):
+    """A decoder whose output gradient becomes NaN on call ``at`` (the loss stays finite)."""
+
+    def __init__(self, inner, at):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, z):
+        self.calls += 1
+        out = self.inner(z)
+        if self.calls == self.at and out.requires_grad:
+            out.register_hook(lambda g: g * float("nan"))
+        return out
+
+
+def test_nan_gradient_on_the_last_step_is_never_checkpointed(tmp_path, digits_binary):
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), **SMALL)
+    vae.decoder = _NaNGradient(vae.decoder, at=5)  # call 1 probes the plates; 5: last step
+    trainer = Trainer(vae, _cfg(epochs=2), tmp_path)
+    with pytest.raises(TrainingDiverged, match="became NaN or infinite in epoch 1"):
+        trainer.fit(digits_binary[:256])
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "c.pt"
     save_atomic({"a": torch.ones(2)}, path)

@@ -34,6 +34,10 @@ class Prior(nn.Module):
     def draw(self, n: int, ref: torch.Tensor, owner=None) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_prob(self, z: torch.Tensor, owner=None) -> torch.Tensor:
+        """log p(z) with any discrete part summed out, ``(...)`` for z ``(..., *event)``."""
+        raise NotImplementedError
+
 
 class StandardNormalPrior(Prior):
     """p(z) = N(0, I) over ``latent_dim`` dimensions."""
@@ -57,6 +61,9 @@ class StandardNormalPrior(Prior):
 
     def draw(self, n, ref, owner=None):
         return self(ref).sample((n,))
+
+    def log_prob(self, z, owner=None):
+        return self(z).log_prob(z)
 
 
 class MixtureOfGaussiansPrior(Prior):
@@ -102,6 +109,9 @@ class MixtureOfGaussiansPrior(Prior):
     def draw(self, n, ref, owner=None):
         return self.marginal().sample((n,))
 
+    def log_prob(self, z, owner=None):
+        return self.marginal().log_prob(z)
+
 
 class VampPrior(Prior):
     """p(z) = 1/K sum_k q(z | u_k) with K learned pseudo-inputs u_k (Tomczak & Welling 2018).
@@ -133,6 +143,9 @@ class VampPrior(Prior):
     def draw(self, n, ref, owner=None):
         return self.distribution(owner).sample((n,))
 
+    def log_prob(self, z, owner=None):
+        return self.distribution(owner).log_prob(z)
+
 
 class UniformCategoricalPrior(Prior):
     """L independent uniform one-hot codes of K classes: event_shape ``(L, K)``."""
@@ -152,6 +165,9 @@ class UniformCategoricalPrior(Prior):
 
     def draw(self, n, ref, owner=None):
         return uniform_one_hot(ref, self.num_variables, self.num_classes).sample((n,))
+
+    def log_prob(self, z, owner=None):
+        return uniform_one_hot(z, self.num_variables, self.num_classes).log_prob(z)
 
 
 PRIORS = ("standard", "mixture", "vamp", "categorical")

@@ -182,6 +182,15 @@ class VAE(ImageModel):
         return self.decode(self.encode(x))
 
     @torch.no_grad()
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) = log p(z) + log p(x | z) for z ``(..., N, *event)``, discrete parts of
+        the prior summed out; ``(..., N)``. Up to log p(x), the log posterior density."""
+        x = self.check_input(x)
+        return self.prior.log_prob(z, self) + self.likelihood(self.decoder(self._flat(z))).log_prob(
+            x
+        )
+
+    @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = False) -> torch.Tensor:
         """Draw images: z ~ p(z), then x ~ p(x | z) (or its mean if ``mean``)."""
         z = self.prior.draw(int(num_samples), self._ref(), self)
