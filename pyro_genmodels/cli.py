@@ -99,6 +99,9 @@ def _add_train(sub) -> None:
     p.add_argument("--network", choices=("mlp", "conv"), help="VAE encoder/decoder type")
     p.add_argument("--hidden-dims", type=_hidden_dims, help="e.g. 512,256 (VAE encoder widths)")
     p.add_argument("--prior", help="VAE prior: standard, mixture (GMVAE), vamp, categorical")
+    p.add_argument("--hidden-channels", type=_positive, help="pixel models: feature maps per layer")
+    p.add_argument("--num-layers", type=_positive, help="pixel models: number of layers/blocks")
+    p.add_argument("--num-mixtures", type=_positive, help="logistic-mixture: components per pixel")
     p.add_argument("--num-components", type=_positive, help="components of the mixture guide")
     p.add_argument(
         "--prior-components", type=_positive, help="GMVAE clusters / VampPrior pseudo-inputs"
@@ -151,7 +154,8 @@ def _model_config(args) -> dict:
     config = dict(args.set)
     keys = ("guide", "latent_dim", "likelihood", "network", "hidden_dims", "prior",
             "num_components", "prior_components", "flow_steps", "rank", "num_classes",
-            "temperature", "straight_through")  # fmt: skip
+            "temperature", "straight_through", "hidden_channels", "num_layers",
+            "num_mixtures")  # fmt: skip
     for key in keys:
         value = getattr(args, key)
         if value is not None:

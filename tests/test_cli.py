@@ -97,6 +97,31 @@ def test_guide_families_from_the_command_line(extra, tmp_path, capsys):
                                 "mixture": "elbo"}[extra[1]]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "name,likelihood",
+    [
+        ("gated-pixelcnn", "bernoulli"),
+        ("pixelcnn", "logistic-mixture"),
+        ("pixelrnn", "categorical"),
+    ],
+)
+def test_pixel_models_from_the_command_line(name, likelihood, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "train", "--model", name, "--dataset", "digits", "--likelihood",
+                       likelihood, "--hidden-channels", 6, "--num-layers", 2, "--epochs", 1,
+                       "--limit", 64, "--out", out, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    code, out_text, err = run(capsys, "evaluate", out, "--limit", 8, "--json", out / "e.json",
+                              "--no-progress")  # fmt: skip
+    r = json.loads((out / "e.json").read_text())
+    assert code == 0 and r["exact"] and r["num_samples"] == 1, err
+    assert r["elbo"] == pytest.approx(-r["nll"]) and r["nll"] > 0
+    assert r["data_format"] == ("binary" if likelihood == "bernoulli" else "levels")
+    assert math.isnan(r["psis_khat_mean"]) and "exact" in out_text
+    code, _, err = run(capsys, "sample", out, "--num", 2, "--out", tmp_path / "s.png")
+    assert code == 0 and (tmp_path / "s.png").is_file(), err
+
+
 def test_unknown_names(tmp_path, capsys):
     code, _, err = run(
         capsys, "train", "--model", "vae", "--dataset", "cifar", "--out", tmp_path / "r"

@@ -5,16 +5,22 @@ from .likelihoods import (
     LIKELIHOOD_DATA_FORMATS,
     LIKELIHOODS,
     BernoulliLikelihood,
+    CategoricalLikelihood,
     GaussianLikelihood,
     Likelihood,
+    LogisticMixtureLikelihood,
     get_likelihood,
 )
+from .logistic_mixture import DiscretizedLogisticMixture
 
 __all__ = [
     "DATA_FORMATS",
     "LIKELIHOOD_DATA_FORMATS",
     "LIKELIHOODS",
     "BernoulliLikelihood",
+    "CategoricalLikelihood",
+    "DiscretizedLogisticMixture",
+    "LogisticMixtureLikelihood",
     "GaussianLikelihood",
     "Likelihood",
     "get_likelihood",

@@ -16,6 +16,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from . import logistic_mixture
+from .logistic_mixture import NUM_LEVELS
+
 #: Data representations a likelihood can model (see :mod:`pyro_genmodels.data`).
 DATA_FORMATS = ("binary", "dequantized", "levels")
 
@@ -31,6 +34,9 @@ class Likelihood(nn.Module):
     data_format: str = ""
     #: decoder output channels per image channel
     num_params: int = 1
+    #: autoregressive models: parameters of channel c may see channels < c of the same
+    #: pixel (channel-aware masks); False when a pixel's channels are modelled jointly
+    channel_aware: bool = True
 
     def __init__(self, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -49,6 +55,10 @@ class Likelihood(nn.Module):
     def nll_offset(self) -> float:
         """Nats per image added to ``-log p(x)`` to report a discrete NLL (0 if discrete)."""
         return 0.0
+
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Data rescaled to about [-1, 1] for a network that reads it (autoregressive models)."""
+        return x
 
     def is_valid(self, x: torch.Tensor) -> bool:
         """Whether every value of ``x`` is in the support (False for NaN)."""
@@ -97,6 +107,9 @@ class BernoulliLikelihood(Likelihood):
             f"in {_value_range(x)}. Binarize grey levels first "
             "(pyro_genmodels.data.binarize, or --binarization static|dynamic)."
         )
+
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x - 1
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=params, validate_args=False).to_event(3)
@@ -158,9 +171,78 @@ class GaussianLikelihood(Likelihood):
         return f"image_shape={self.image_shape}, scale={scale}"
 
 
+class _LevelsLikelihood(Likelihood):
+    """Shared by the 256-level likelihoods: integer grey levels 0..255 stored as float."""
+
+    data_format = "levels"
+
+    def is_valid(self, x: torch.Tensor) -> bool:
+        return bool(((x >= 0) & (x <= 255) & (x == torch.round(x))).all())
+
+    def invalid_message(self, x: torch.Tensor) -> str:
+        return (
+            f"the {self.name} likelihood needs integer grey levels 0..255 (stored as float); got "
+            f"values in {_value_range(x)}" + (" (non-integer)" if x.max() <= 255 else "")
+        )
+
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x / 127.5 - 1
+
+
+class CategoricalLikelihood(_LevelsLikelihood):
+    """A 256-way softmax per channel and pixel; parameters laid out channel by channel
+    (``C`` blocks of 256 logits), so channel c's block can be masked to see channels < c."""
+
+    name = "categorical"
+    num_params = NUM_LEVELS
+
+    def _logits(self, params: torch.Tensor) -> torch.Tensor:
+        c = self.image_shape[0]
+        lead, (h, w) = params.shape[:-3], params.shape[-2:]
+        return params.reshape(*lead, c, NUM_LEVELS, h, w).movedim(-3, -1)  # (..., C, H, W, 256)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Categorical(logits=self._logits(params), validate_args=False).to_event(3)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self._logits(params), -1)
+        return (probs * torch.arange(NUM_LEVELS, dtype=params.dtype, device=params.device)).sum(-1)
+
+
+class LogisticMixtureLikelihood(_LevelsLikelihood):
+    """The PixelCNN++ discretized logistic mixture (:mod:`.logistic_mixture`); one mixture
+    index per pixel shared by its channels, coupled linearly, so not channel-masked."""
+
+    name = "logistic-mixture"
+    channel_aware = False
+
+    def __init__(self, image_shape: tuple[int, int, int], num_mixtures: int = 5):
+        super().__init__(image_shape)
+        if int(num_mixtures) < 1:
+            raise ValueError(f"num_mixtures must be >= 1, got {num_mixtures}")
+        self.num_mixtures = int(num_mixtures)
+
+    @property
+    def param_channels(self) -> int:
+        return logistic_mixture.num_params(self.image_shape[0], self.num_mixtures)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return logistic_mixture.from_params(params, self.image_shape[0], self.num_mixtures)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        d = self(params)
+        weights = torch.softmax(d.logits, -3).unsqueeze(-3)  # (..., M, 1, H, W)
+        return ((d.locs.clamp(-1, 1) * weights).sum(-4) + 1) * 127.5
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}, num_mixtures={self.num_mixtures}"
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     BernoulliLikelihood.name: BernoulliLikelihood,
     GaussianLikelihood.name: GaussianLikelihood,
+    CategoricalLikelihood.name: CategoricalLikelihood,
+    LogisticMixtureLikelihood.name: LogisticMixtureLikelihood,
 }
 
 
@@ -174,7 +256,7 @@ LIKELIHOOD_DATA_FORMATS = {
 
 
 def get_likelihood(name: str, image_shape: tuple[int, int, int], **kwargs) -> Likelihood:
-    """Build a factorized likelihood by name (``"bernoulli"`` or ``"gaussian"``)."""
+    """Build a likelihood by name (see :data:`LIKELIHOODS`); ``kwargs`` go to its class."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; valid: {', '.join(LIKELIHOODS)}")
     return LIKELIHOODS[name](image_shape, **kwargs)

@@ -11,9 +11,21 @@ from .priors import (
     VampPrior,
     make_prior,
 )
+from .pixel import (
+    DiagonalBiLSTMPixelRNN,
+    GatedPixelCNN,
+    PixelCNN,
+    PixelModel,
+    RowLSTMPixelRNN,
+)
 from .vae import VAE, VAEConfig
 
 __all__ = [
+    "DiagonalBiLSTMPixelRNN",
+    "GatedPixelCNN",
+    "PixelCNN",
+    "PixelModel",
+    "RowLSTMPixelRNN",
     "VAE",
     "ImageModel",
     "Posterior",

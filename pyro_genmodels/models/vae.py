@@ -25,7 +25,7 @@ from .priors import PRIORS, Prior, make_prior
 @dataclass
 class VAEConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
-    likelihood: str = "bernoulli"  # "bernoulli" (binary data) | "gaussian" (grey levels)
+    likelihood: str = "bernoulli"  # "bernoulli" | "gaussian" | "categorical" | "logistic-mixture"
     latent_dim: int = 50  # size of z (number of one-hot codes for guide="categorical")
     guide: str = "diagonal"  # posterior family, see pyro_genmodels.models.list_families()
     prior: str = "auto"  # "standard" | "mixture" | "vamp" | "categorical"; auto: the family's
@@ -39,6 +39,7 @@ class VAEConfig:
     num_classes: int = 10  # guide="categorical": classes per code
     temperature: float = 0.5  # guide="categorical": Gumbel-softmax temperature in training
     straight_through: bool = False  # guide="categorical": hard forward, relaxed gradient
+    num_mixtures: int = 5  # likelihood="logistic-mixture": components per pixel
 
     def __post_init__(self):
         if int(self.latent_dim) < 1:
@@ -92,7 +93,10 @@ class VAE(ImageModel):
         config = config or VAEConfig()
         super().__init__(config)
         if likelihood is None:
-            kwargs = {"scale": config.gaussian_scale} if config.likelihood == "gaussian" else {}
+            kwargs = {
+                "gaussian": {"scale": config.gaussian_scale},
+                "logistic-mixture": {"num_mixtures": config.num_mixtures},
+            }.get(config.likelihood, {})
             likelihood = get_likelihood(config.likelihood, self.image_shape, **kwargs)
         self.likelihood = likelihood
         self.prior = prior or make_prior(

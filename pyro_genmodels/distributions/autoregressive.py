@@ -1,0 +1,138 @@
+r"""Autoregressive distributions over whole images.
+
+:math:`p(x \mid h) = \prod_i p(x_i \mid x_{<i}, h)` in raster order (and channel
+order within a pixel for channel-aware likelihoods). A causal network maps the
+image (and an optional context) to the parameters of every conditional at once,
+so ``log_prob`` is one network pass; ``sample`` is the sequential H x W (x C)
+loop, where step (r, c) only needs the rows up to r (the network is row-causal),
+so each pass runs on the rows drawn so far.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+from .likelihoods import Likelihood
+
+
+class AutoregressiveImage(dist.TorchDistribution):
+    """An image distribution defined by a causal network and a pixel likelihood.
+
+    :param net: ``net(x_in, context, context_map) -> (B, P, H', W)`` for inputs
+        ``(B, C, H', W)`` of any height ``H' <= H``; output (r, c) depends on input
+        pixels before (r, c) only (and on earlier channels of (r, c) for
+        channel-aware likelihoods).
+    :param likelihood: maps network outputs to a distribution over images
+        (``likelihood.channel_aware`` tells the sampler to draw channel by channel).
+    :param image_shape: ``(C, H, W)``.
+    :param context: optional ``(..., D)`` conditioning vector (class one-hot or latent);
+        its leading dims are the batch shape.
+    :param context_map: optional ``(..., Cm, H, W)`` conditioning map.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(
+        self,
+        net,
+        likelihood: Likelihood,
+        image_shape,
+        context: torch.Tensor | None = None,
+        context_map: torch.Tensor | None = None,
+        batch_shape=None,
+        validate_args=None,
+    ):
+        self.net, self.likelihood = net, likelihood
+        self.context, self.context_map = context, context_map
+        if batch_shape is None:
+            if context is not None:
+                batch_shape = context.shape[:-1]
+            elif context_map is not None:
+                batch_shape = context_map.shape[:-3]
+            else:
+                batch_shape = ()
+        super().__init__(torch.Size(batch_shape), torch.Size(image_shape), validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        if self.likelihood.data_format == "binary":
+            return constraints.independent(constraints.boolean, 3)
+        return constraints.independent(constraints.integer_interval(0, 255), 3)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(AutoregressiveImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.net, new.likelihood = self.net, self.likelihood
+        new.context = (
+            self.context.expand(batch_shape + self.context.shape[-1:])
+            if self.context is not None
+            else None
+        )
+        new.context_map = (
+            self.context_map.expand(batch_shape + self.context_map.shape[-3:])
+            if self.context_map is not None
+            else None
+        )
+        super(AutoregressiveImage, new).__init__(batch_shape, self.event_shape, False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _conditional(self, x: torch.Tensor, lead: torch.Size) -> dist.TorchDistribution:
+        """The pixel likelihood given images ``x`` ``(B, C, H', W)`` flattened from ``lead``."""
+        ctx = (
+            self.context.expand(lead + self.context.shape[-1:])
+            if self.context is not None
+            else None
+        )
+        ctx_map = None
+        if self.context_map is not None:
+            ctx_map = self.context_map.expand(lead + self.context_map.shape[-3:])
+            ctx_map = ctx_map.reshape(-1, *ctx_map.shape[-3:])[..., : x.shape[-2], :]
+        if ctx is not None:
+            ctx = ctx.reshape(-1, ctx.shape[-1])
+        params = self.net(self.likelihood.net_input(x), ctx, ctx_map)
+        return self.likelihood(params)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x) in nats, summed over the image."""
+        if value.shape[-3:] != self.event_shape:
+            raise ValueError(
+                f"expected images of shape (..., {', '.join(map(str, self.event_shape))}), "
+                f"got {tuple(value.shape)}"
+            )
+        self.likelihood.check_data(value)  # validation first, always: ValueError on bad data
+        has_context = self.context is not None or self.context_map is not None
+        lead = torch.broadcast_shapes(value.shape[:-3], self.batch_shape if has_context else ())
+        x = value.expand(lead + self.event_shape).reshape(-1, *self.event_shape)
+        lp = self._conditional(x, lead).log_prob(x).reshape(lead)
+        return lp.expand(torch.broadcast_shapes(lead, self.batch_shape))
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:  # noqa: B008
+        shape = torch.Size(sample_shape) + self.batch_shape
+        c, h, w = self.event_shape
+        ref = self._reference()
+        x = ref.new_zeros(math.prod(shape), c, h, w)
+        channels = range(c) if self.likelihood.channel_aware else [None]
+        for r in range(h):
+            for col in range(w):
+                for ch in channels:
+                    draw = self._conditional(x[:, :, : r + 1], shape).sample()
+                    if ch is None:
+                        x[:, :, r, col] = draw[:, :, r, col]
+                    else:
+                        x[:, ch, r, col] = draw[:, ch, r, col]
+        return x.reshape(shape + self.event_shape)
+
+    def _reference(self) -> torch.Tensor:
+        for t in (self.context, self.context_map):
+            if t is not None:
+                return t
+        for p in self.net.parameters():
+            return p
+        return torch.zeros(())

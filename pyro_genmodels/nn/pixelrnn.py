@@ -1,0 +1,143 @@
+"""PixelRNN networks (van den Oord et al. 2016): Row LSTM and Diagonal BiLSTM.
+
+Both start with a 7x7 mask-A convolution, stack LSTM layers with residual
+connections and end in 1x1 masked output layers. Input-to-state convolutions are
+masked (mask B, channel-aware for RGB); state-to-state convolutions only read
+states of earlier pixels. No normalization layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masked import MaskedConv2d, channel_groups, down_shift
+from .pixelcnn import _check_channels, _Head
+
+
+def _lstm_update(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    i, f, o, g = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class RowLSTMLayer(nn.Module):
+    """Row LSTM: row r's states come from a masked 1 x k conv of row r's input and a
+    1-D conv (width k) of row r-1's states: a triangular context above the pixel."""
+
+    def __init__(self, in_channels: int, hidden: int, groups: int, kernel_size: int = 3):
+        super().__init__()
+        gate_groups = channel_groups(hidden, groups).repeat(4)
+        self.hidden = hidden
+        self.input_to_state = MaskedConv2d(
+            in_channels, 4 * hidden, (1, kernel_size), "B", groups, out_groups=gate_groups
+        )
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        inputs = self.input_to_state(x)  # (N, 4h, H, W), all rows at once
+        state = x.new_zeros(n, self.hidden, width)
+        cell = torch.zeros_like(state)
+        rows = []
+        for r in range(height):
+            state, cell = _lstm_update(inputs[:, :, r] + self.state_to_state(state), cell)
+            rows.append(state)
+        return torch.stack(rows, 2)  # (N, h, H, W)
+
+
+def skew(x: torch.Tensor) -> torch.Tensor:
+    """Shift row r right by r: ``(N, C, H, W) -> (N, C, H, W + H - 1)``."""
+    n, c, h, w = x.shape
+    out = x.new_zeros(n, c, h, w + h - 1)
+    for r in range(h):
+        out[:, :, r, r : r + w] = x[:, :, r]
+    return out
+
+
+def unskew(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Invert :func:`skew`."""
+    return torch.stack([x[:, :, r, r : r + width] for r in range(x.shape[2])], 2)
+
+
+class DiagonalLSTM(nn.Module):
+    """One direction of the Diagonal BiLSTM: on the skewed map, column j's states come
+    from a 1x1 masked conv of the input and a width-2 conv over column j-1's states at
+    rows r-1 and r, i.e. the pixel above and the pixel to the left."""
+
+    def __init__(self, in_channels: int, hidden: int, groups: int):
+        super().__init__()
+        gate_groups = channel_groups(hidden, groups).repeat(4)
+        self.hidden = hidden
+        self.input_to_state = MaskedConv2d(
+            in_channels, 4 * hidden, 1, "B", groups, out_groups=gate_groups
+        )
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        inputs = skew(self.input_to_state(x))  # (N, 4h, H, W + H - 1)
+        state = x.new_zeros(n, self.hidden, height)
+        cell = torch.zeros_like(state)
+        columns = []
+        for j in range(inputs.shape[3]):
+            recurrent = self.state_to_state(F.pad(state, (1, 0)))  # rows r-1 and r
+            state, cell = _lstm_update(inputs[:, :, :, j] + recurrent, cell)
+            columns.append(state)
+        return unskew(torch.stack(columns, 3), width)  # (N, h, H, W)
+
+
+class DiagonalBiLSTMLayer(nn.Module):
+    """Left-to-right plus right-to-left diagonal LSTMs; the right-to-left output is
+    shifted down one row so that it only carries rows above the pixel."""
+
+    def __init__(self, in_channels: int, hidden: int, groups: int):
+        super().__init__()
+        self.forward_lstm = DiagonalLSTM(in_channels, hidden, groups)
+        self.backward_lstm = DiagonalLSTM(in_channels, hidden, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left_to_right = self.forward_lstm(x)
+        right_to_left = self.backward_lstm(x.flip(-1)).flip(-1)
+        return left_to_right + down_shift(right_to_left, 1)
+
+
+class PixelRNNNet(nn.Module):
+    """7x7 mask-A conv, ``num_layers`` LSTM layers (``"row"`` or ``"diagonal"``) with
+    residual 1x1 connections, and the 1x1 output head."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int = 32,
+        num_layers: int = 2,
+        groups: int = 1,
+        kind: str = "row",
+        first_kernel: int = 7,
+    ):
+        super().__init__()
+        _check_channels(hidden_channels, groups)
+        if kind not in ("row", "diagonal"):
+            raise ValueError(f"kind must be 'row' or 'diagonal', got {kind!r}")
+        h = hidden_channels
+        self.input = MaskedConv2d(in_channels, 2 * h, first_kernel, "A", groups)
+        make = (
+            (lambda: RowLSTMLayer(2 * h, h, groups))
+            if kind == "row"
+            else (lambda: DiagonalBiLSTMLayer(2 * h, h, groups))
+        )
+        self.lstms = nn.ModuleList(make() for _ in range(num_layers))
+        self.residuals = nn.ModuleList(
+            MaskedConv2d(h, 2 * h, 1, "B", groups) for _ in range(num_layers)
+        )
+        self.head = _Head(2 * h, 2 * h, out_channels, groups)
+
+    def forward(self, x, context=None, context_map=None):
+        if context is not None or context_map is not None:
+            raise ValueError("the PixelRNN networks are unconditional")
+        features = self.input(x)
+        for lstm, residual in zip(self.lstms, self.residuals, strict=True):
+            features = features + residual(lstm(features))
+        return self.head(features)
