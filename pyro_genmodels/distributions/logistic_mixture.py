@@ -14,8 +14,6 @@ centre when the difference underflows, so the 256 probabilities sum to one.
 
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F

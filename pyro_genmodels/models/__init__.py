@@ -2,6 +2,13 @@
 
 from .base import ImageModel
 from .guides import Posterior, list_families, make_posterior, register_family
+from .pixel import (
+    DiagonalBiLSTMPixelRNN,
+    GatedPixelCNN,
+    PixelCNN,
+    PixelModel,
+    RowLSTMPixelRNN,
+)
 from .priors import (
     PRIORS,
     MixtureOfGaussiansPrior,
@@ -10,13 +17,6 @@ from .priors import (
     UniformCategoricalPrior,
     VampPrior,
     make_prior,
-)
-from .pixel import (
-    DiagonalBiLSTMPixelRNN,
-    GatedPixelCNN,
-    PixelCNN,
-    PixelModel,
-    RowLSTMPixelRNN,
 )
 from .vae import VAE, VAEConfig
 

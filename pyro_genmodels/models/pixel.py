@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from ..distributions import LIKELIHOODS, get_likelihood
+from ..distributions import get_likelihood
 from ..distributions.autoregressive import AutoregressiveImage
 from ..nn.pixelcnn import GatedPixelCNNNet, PixelCNNNet
 from ..nn.pixelrnn import PixelRNNNet
