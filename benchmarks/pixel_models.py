@@ -1,0 +1,92 @@
+"""Autoregressive pixel models on statically binarized MNIST: speed and exact NLL.
+
+For each model: seconds per training epoch, the exact test NLL (nats and bits/dim)
+after the stated budget (best epoch on the validation split), and the time to
+draw 16 samples of 28x28 (784 sequential network passes).
+
+    .venv/bin/python benchmarks/pixel_models.py --epochs 1 --limit 10000 --out results/pixel
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from _common import data_dir, machine
+
+from pyro_genmodels.infer import TrainConfig
+from pyro_genmodels.plots import plot_images
+from pyro_genmodels.runs import evaluate_run, load_run, train_run
+
+MODELS = ["pixelcnn", "gated-pixelcnn", "pixelrnn", "diagonal-bilstm"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--limit", type=int, help="train on the first N training images")
+    parser.add_argument("--test-limit", type=int, help="evaluate the first N test images")
+    parser.add_argument("--hidden-channels", type=int, default=32)
+    parser.add_argument("--num-layers", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default="results/pixel")
+    args = parser.parse_args()
+    root = data_dir()
+    if root is None:
+        raise SystemExit("needs binarized_mnist.npz: set $PYRO_GENMODELS_DATA or ../shared/data")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
+    rows = []
+    for name in args.models.split(","):
+        run_dir = out / name
+        train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, progress=False)
+        resume = (run_dir / "checkpoint.pt").is_file()
+        _, metrics = train_run(
+            name, "binarized-mnist", run_dir, config, train_config, root, args.limit,
+            resume=resume,
+        )  # fmt: skip
+        result = evaluate_run(run_dir, 1, limit=args.test_limit, progress=False)
+        run = load_run(run_dir, which="best")
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        samples = run.module.sample(16)
+        sample_seconds = time.perf_counter() - start
+        plot_images(samples, out / f"{name}-samples.png", title=f"{name} samples")
+        params = sum(p.numel() for p in run.module.parameters())
+        row = {
+            "model": name,
+            "parameters": params,
+            "seconds_per_epoch": sum(m["seconds"] for m in metrics) / len(metrics),
+            "sample_16_seconds": sample_seconds,
+            **result,
+        }
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("model", "nll", "seconds_per_epoch")}), flush=True)
+    limit = f"the first {args.limit}" if args.limit else "all 50000"
+    test = f"the first {args.test_limit}" if args.test_limit else "all 10000"
+    lines = [
+        f"Static binarized MNIST, Bernoulli likelihood; hidden_channels={args.hidden_channels}, "
+        f"num_layers={args.num_layers}; {args.epochs} epoch(s) on {limit} training images, "
+        f"batch {args.batch_size}, Adam 1e-3; exact NLL on {test} test images. {machine()}.",
+        "",
+        "| model | parameters | s/epoch | test NLL (nats) | bits/dim | 16 samples of 28x28 (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['seconds_per_epoch']:.0f} | "
+            f"{r['nll']:.2f} | {r['bits_per_dim']:.4f} | {r['sample_16_seconds']:.1f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
