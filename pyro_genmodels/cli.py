@@ -102,6 +102,11 @@ def _add_train(sub) -> None:
     p.add_argument("--hidden-channels", type=_positive, help="pixel models: feature maps per layer")
     p.add_argument("--num-layers", type=_positive, help="pixel models: number of layers/blocks")
     p.add_argument("--num-mixtures", type=_positive, help="logistic-mixture: components per pixel")
+    p.add_argument(
+        "--context",
+        choices=("vector", "map", "both"),
+        help="pixelvae: how z conditions the PixelCNN decoder",
+    )
     p.add_argument("--num-components", type=_positive, help="components of the mixture guide")
     p.add_argument(
         "--prior-components", type=_positive, help="GMVAE clusters / VampPrior pseudo-inputs"
@@ -144,6 +149,12 @@ def _add_train(sub) -> None:
         default=0.0,
         help="linear KL annealing from 0 to beta over this many epochs (0: off)",
     )
+    p.add_argument(
+        "--free-bits",
+        type=float,
+        default=0.0,
+        help="KL floor in nats per latent dimension against posterior collapse (0: off)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-download", action="store_true", help="never try to download data")
@@ -155,7 +166,7 @@ def _model_config(args) -> dict:
     keys = ("guide", "latent_dim", "likelihood", "network", "hidden_dims", "prior",
             "num_components", "prior_components", "flow_steps", "rank", "num_classes",
             "temperature", "straight_through", "hidden_channels", "num_layers",
-            "num_mixtures")  # fmt: skip
+            "num_mixtures", "context")  # fmt: skip
     for key in keys:
         value = getattr(args, key)
         if value is not None:
@@ -188,6 +199,7 @@ def cmd_train(args) -> int:
         num_particles=args.num_particles,
         beta=args.beta,
         anneal_epochs=args.anneal_epochs,
+        free_bits=args.free_bits,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
@@ -249,6 +261,11 @@ def _add_evaluate(sub) -> None:
 def _summary(r: dict) -> str:
     bin_ = f", {r['binarization']} binarization" if r.get("binarization") else ""
     k = "exact" if r["exact"] else f"K={r['num_samples']}"
+    if "reconstruction_nll" in r:
+        return (
+            f"{r['model']} on {r['dataset']} {r['split']} ({r['num_examples']} images): not a "
+            f"generative model, no log p(x); reconstruction NLL {r['reconstruction_nll']:.3f} nats"
+        )
     lines = [
         f"{r['model']} (epoch {r['epoch']}, {r['checkpoint']} checkpoint) on {r['dataset']} "
         f"{r['split']} ({r['num_examples']} images{bin_}), {k}",

@@ -184,3 +184,28 @@ def plot_posterior_2d(
         ax.legend(loc="upper right", fontsize=8)
         return _finish(fig, path)
     return ax.figure
+
+
+def plot_embedding(z: torch.Tensor, labels, method: str = "pca", path=None, title=None):
+    """A 2-D embedding of latent codes (e.g. q(z|x) means), coloured by label.
+
+    :param method: ``"pca"`` or ``"tsne"`` (scikit-learn); 2-D codes are shown as they are.
+    """
+    z = z.detach().cpu().numpy()
+    if z.shape[1] > 2:
+        if method == "pca":
+            from sklearn.decomposition import PCA
+
+            z = PCA(n_components=2).fit_transform(z)
+        elif method == "tsne":
+            from sklearn.manifold import TSNE
+
+            z = TSNE(n_components=2, init="pca", random_state=0).fit_transform(z)
+        else:
+            raise ValueError(f"unknown method {method!r}; valid: pca, tsne")
+    labels = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=6)
+    fig.colorbar(points, ax=ax, ticks=sorted(set(labels.tolist())))
+    ax.set_title(title or f"latent means, 2-D {method}")
+    return _finish(fig, path)

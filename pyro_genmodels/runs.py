@@ -201,7 +201,8 @@ def evaluate_images(
     device = module.device
     offset = module.likelihood.nll_offset()
     num_dims = math.prod(module.image_shape)
-    batch_size = batch_size or max(1, min(len(x), 100))
+    batch_size = batch_size or max(1, min(len(x), getattr(module, "eval_batch_size", 100)))
+    chunk_size = chunk_size or getattr(module, "iw_chunk_size", None)
     parts: dict[str, list[torch.Tensor]] = {"lm": [], "elbo": [], "khat": [], "ess": [], "kl": []}
     prior_parts = []
     has_latent, start = True, time.perf_counter()
@@ -238,6 +239,10 @@ def evaluate_images(
         "nll_offset": offset,
         "seconds": time.perf_counter() - start,
     }
+    if not getattr(module, "is_generative", True):  # an autoencoder: p(x | code(x)) only
+        result["reconstruction_nll"] = result["nll"]
+        for key in ("nll", "nll_stderr", "elbo", "bits_per_dim"):
+            result[key] = float("nan")
     if prior_parts:
         result["prior_nll"] = (-torch.cat(prior_parts).double() + offset).mean().item()
         result["prior_num_samples"] = int(prior_samples)

@@ -5,6 +5,7 @@ This layer consumes any ``(model, guide)`` callables and never imports ``models`
 
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .diagnostics import effective_sample_size, psis_khat
+from .free_bits import FreeBitsELBO
 from .importance import (
     IWEstimate,
     importance_estimate,
@@ -28,6 +29,7 @@ from .train import (
 __all__ = [
     "OBJECTIVES",
     "CheckpointError",
+    "FreeBitsELBO",
     "IWEstimate",
     "LatentScale",
     "TrainConfig",

@@ -34,6 +34,7 @@ from .checkpoint import (
     set_rng_state,
     write_jsonl_atomic,
 )
+from .free_bits import FreeBitsELBO
 from .importance import _max_plate_nesting, log_importance_weights
 from .iwae import IWAE_ELBO
 from .kl import kl_divergence
@@ -130,6 +131,7 @@ class TrainConfig:
     num_particles: int = 1  # particles per ELBO estimate (vectorized); K for "iwae"
     beta: float = 1.0  # KL weight (beta-VAE)
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
+    free_bits: float = 0.0  # KL floor in nats per latent dimension (0: off); elbo objective
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     valid_batch_size: int = 500
@@ -150,6 +152,10 @@ class TrainConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.free_bits >= 0:
+            raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
+        if self.free_bits > 0 and self.objective not in ("auto", "elbo"):
+            raise ValueError(f"free bits replace the elbo objective; got {self.objective!r}")
 
 
 class _TensorBatches(Dataset):
@@ -356,7 +362,13 @@ class Trainer:
             devices = [x.device] if x.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
                 nesting = _max_plate_nesting(self.module.model, self.module.guide, x)[0]
-            self.elbo = make_elbo(self.objective, self.config.num_particles, nesting)
+            if self.config.free_bits > 0:
+                if self.objective != "elbo":
+                    raise ValueError(f"free bits need the elbo objective, not {self.objective!r}")
+                self.elbo = FreeBitsELBO(self.config.free_bits, self.config.num_particles)
+                self.elbo.max_plate_nesting = nesting
+            else:
+                self.elbo = make_elbo(self.objective, self.config.num_particles, nesting)
         self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(self.config.validate), relaxed_sampling():
             loss = self.elbo.differentiable_loss(model, guide, x) / n

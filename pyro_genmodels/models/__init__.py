@@ -1,5 +1,6 @@
 """Models as PyroModules; importing this package fills the registry."""
 
+from .autoencoder import Autoencoder, AutoencoderConfig
 from .base import ImageModel
 from .guides import Posterior, list_families, make_posterior, register_family
 from .pixel import (
@@ -9,6 +10,7 @@ from .pixel import (
     PixelModel,
     RowLSTMPixelRNN,
 )
+from .pixelvae import PixelVAE, PixelVAEConfig
 from .priors import (
     PRIORS,
     MixtureOfGaussiansPrior,
@@ -21,10 +23,14 @@ from .priors import (
 from .vae import VAE, VAEConfig
 
 __all__ = [
+    "Autoencoder",
+    "AutoencoderConfig",
     "DiagonalBiLSTMPixelRNN",
     "GatedPixelCNN",
     "PixelCNN",
     "PixelModel",
+    "PixelVAE",
+    "PixelVAEConfig",
     "RowLSTMPixelRNN",
     "VAE",
     "ImageModel",

@@ -1,0 +1,101 @@
+"""A deterministic autoencoder, for contrast with the VAE (as in the lecture).
+
+The code is a deterministic function of x and there is no prior over codes: the
+model reconstructs well and learns features, but it is not a generative model,
+so it cannot ``sample`` and has no log p(x). Trained through the same loop: its
+``model(x)`` observes x under p(x | code(x)), so the loss is the reconstruction
+negative log-likelihood.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import torch
+from torch import nn
+
+from ..distributions import LIKELIHOODS, get_likelihood
+from ..nn import NETWORKS, make_encoder_decoder
+from ..registry import register_model
+from .base import ImageModel
+
+
+@dataclass
+class AutoencoderConfig:
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
+    likelihood: str = "bernoulli"  # the reconstruction loss: bernoulli, gaussian, ...
+    latent_dim: int = 50  # size of the code
+    network: str = "mlp"  # "mlp" | "conv"
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
+    gaussian_scale: float | None = None
+    num_mixtures: int = 5
+
+    def __post_init__(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}"
+            )
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown network {self.network!r}; valid: {', '.join(NETWORKS)}")
+        if int(self.latent_dim) < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        self.image_shape = tuple(self.image_shape)
+        self.hidden_dims = tuple(self.hidden_dims)
+
+
+@register_model("autoencoder", AutoencoderConfig)
+class Autoencoder(ImageModel):
+    """x -> encoder -> code -> decoder -> p(x | code)."""
+
+    is_generative = False
+    default_objective = "elbo"
+    requires_enumeration = False
+
+    def __init__(self, config: AutoencoderConfig | None = None):
+        config = config or AutoencoderConfig()
+        super().__init__(config)
+        kwargs = {
+            "gaussian": {"scale": config.gaussian_scale},
+            "logistic-mixture": {"num_mixtures": config.num_mixtures},
+        }.get(config.likelihood, {})
+        self.likelihood = get_likelihood(config.likelihood, self.image_shape, **kwargs)
+        self.encoder, self.decoder = make_encoder_decoder(
+            config.network, self.image_shape, config.latent_dim, self.likelihood.param_channels,
+            config.hidden_dims,
+        )  # fmt: skip
+        self.to_code = nn.Linear(self.encoder.feature_dim, config.latent_dim)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.encoder(x))
+
+    def model(self, x: torch.Tensor) -> None:
+        x = self.check_input(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", self.likelihood(self.decoder(self.code(x))), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """Empty: the code is deterministic, not a latent variable."""
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(self.check_input(x))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def sample(self, num_samples: int, **kwargs) -> torch.Tensor:
+        raise ValueError(
+            "an autoencoder has no prior over its codes, so it cannot generate new images "
+            "(the lecture's point); train a vae to sample"
+        )

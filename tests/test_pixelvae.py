@@ -1,0 +1,127 @@
+"""PixelVAE, free bits, the autoencoder, the transfer experiment and embeddings."""
+
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+
+import pyro_genmodels as pg
+from pyro_genmodels import plots
+from pyro_genmodels.infer import FreeBitsELBO, fit, kl_divergence, log_marginal, make_elbo
+from pyro_genmodels.runs import evaluate_images
+from pyro_genmodels.transfer import labeled_subset, transfer_experiment
+
+
+def pixelvae(**kw):
+    cfg = dict(image_shape=(1, 3, 3), latent_dim=2, hidden_dims=(16,), hidden_channels=6,
+               num_layers=2)  # fmt: skip
+    cfg.update(kw)
+    return pg.create_model("pixelvae", **cfg).double()
+
+
+def binary_3x3():
+    xs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9)), dtype=torch.float64)
+    return xs.reshape(512, 1, 3, 3)
+
+
+def test_zero_conditioning_is_the_plain_gated_pixelcnn():
+    torch.manual_seed(0)
+    vae = pixelvae()
+    gated = pg.create_model("gated-pixelcnn", image_shape=(1, 3, 3), hidden_channels=6,
+                            num_layers=2).double()  # fmt: skip
+    state = {k: v for k, v in vae.pixel_net.state_dict().items() if ".cond" not in k}
+    gated.net.load_state_dict(state)
+    with torch.no_grad():
+        for name, p in vae.pixel_net.named_parameters():
+            if ".cond" in name:
+                p.zero_()  # z no longer reaches the pixels
+        # the guide becomes the prior N(0, I): every importance weight is exactly p(x)
+        vae.posterior.loc.weight.zero_()
+        vae.posterior.loc.bias.zero_()
+        vae.posterior.raw_scale.weight.zero_()
+        vae.posterior.raw_scale.bias.fill_(math.log(math.expm1(1 - 1e-5)))
+    x = binary_3x3()[::37]
+    exact = gated.log_prob(x)
+    torch.testing.assert_close(log_marginal(vae.model, vae.guide, x, 50), exact)
+    torch.testing.assert_close(
+        vae.conditional(torch.randn(len(x), 2, dtype=torch.float64)).log_prob(x), exact
+    )
+
+
+def test_conditional_is_normalized_and_depends_on_z():
+    torch.manual_seed(1)
+    vae = pixelvae()
+    xs = binary_3x3()
+    logs = []
+    for z in (torch.zeros(2, dtype=torch.float64), torch.full((2,), 2.0, dtype=torch.float64)):
+        lp = vae.conditional(z.expand(512, 2)).log_prob(xs)
+        assert abs(torch.logsumexp(lp, 0).item()) < 1e-9
+        logs.append(lp)
+    assert (logs[0] - logs[1]).abs().max() > 1e-3
+
+
+def test_free_bits_replaces_the_kl_term(digits_binary):
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=3, hidden_dims=(16,))
+    x = digits_binary[:16]
+
+    def loss(elbo):
+        pyro.set_rng_seed(5)
+        return elbo.differentiable_loss(vae.model, vae.guide, x).item()
+
+    meanfield = loss(make_elbo("meanfield", 1, max_plate_nesting=1))
+    assert loss(FreeBitsELBO(0.0)) == pytest.approx(meanfield, rel=1e-6)
+    kl = kl_divergence(vae.model, vae.guide, x).sum().item()
+    # a floor of 50 nats per dimension is above every dimension's KL: the term is 16 * 3 * 50
+    assert loss(FreeBitsELBO(50.0)) - meanfield == pytest.approx(16 * 3 * 50 - kl, rel=1e-5)
+    metrics = fit(vae, x, x, epochs=1, batch_size=8, progress=False, free_bits=0.5)
+    assert math.isfinite(metrics[0]["valid_kl"])
+    with pytest.raises(ValueError, match="free bits"):
+        fit(vae, x, None, epochs=1, progress=False, free_bits=0.5, objective="iwae")
+
+
+def test_pixelvae_trains_and_evaluates(digits_binary):
+    vae = pg.create_model("pixelvae", image_shape=(1, 8, 8), latent_dim=4, hidden_dims=(32,),
+                          hidden_channels=8, num_layers=2, context="map")  # fmt: skip
+    x = digits_binary[:128]
+    metrics = fit(vae, x, x[:32], epochs=2, batch_size=32, progress=False, anneal_epochs=1)
+    assert metrics[-1]["valid_kl"] >= 0
+    r = evaluate_images(vae, x[:4], num_samples=30, progress=False)
+    assert r["nll"] > 0 and -r["nll"] >= r["elbo"] and r["kl"] >= 0
+    assert vae.sample(2).shape == (2, 1, 8, 8)
+
+
+def test_autoencoder_reconstructs_but_does_not_generate(digits_binary):
+    ae = pg.create_model("autoencoder", image_shape=(1, 8, 8), latent_dim=8, hidden_dims=(64,))
+    x = digits_binary[:256]
+    metrics = fit(ae, x, x[:64], epochs=15, batch_size=64, progress=False, lr=3e-3)
+    assert metrics[-1]["valid_elbo"] > metrics[0]["valid_elbo"] + 3
+    with pytest.raises(ValueError, match="cannot generate"):
+        ae.sample(4)
+    r = evaluate_images(ae, x[:16], progress=False)
+    assert math.isnan(r["nll"]) and r["reconstruction_nll"] > 0
+    assert ae.reconstruct(x[:3]).shape == (3, 1, 8, 8) and ae.encode(x[:3]).shape == (3, 8)
+
+
+def test_labeled_subset_is_balanced():
+    labels = torch.tensor([0, 1, 2] * 20)
+    idx = labeled_subset(labels, 5)
+    assert len(idx) == 15 and torch.bincount(labels[idx]).tolist() == [5, 5, 5]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pretrain", ["vae", "autoencoder"])
+def test_transfer_pipeline_on_digits(pretrain):
+    r = transfer_experiment("digits", pretrain, labels_per_class=10, pretrain_epochs=3,
+                            finetune_epochs=20, latent_dim=8, hidden_dims=(64,))  # fmt: skip
+    assert r.num_labeled == 100 and len(r.accuracies) == 4
+    assert all(0.1 < a <= 1.0 for a in r.accuracies.values()), r.accuracies  # above chance
+
+
+def test_embedding_plot(tmp_path):
+    z = torch.randn(50, 6)
+    plots.plot_embedding(z, torch.arange(50) % 5, "pca", tmp_path / "e.png")
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="unknown method"):
+        plots.plot_embedding(z, torch.zeros(50), "umap")
