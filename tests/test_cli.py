@@ -122,6 +122,28 @@ def test_pixel_models_from_the_command_line(name, likelihood, tmp_path, capsys):
     assert code == 0 and (tmp_path / "s.png").is_file(), err
 
 
+def test_pixelvae_and_autoencoder_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "pv"
+    code, _, err = run(capsys, "train", "--model", "pixelvae", "--dataset", "digits",
+                       "--latent-dim", 4, "--hidden-dims", "32", "--hidden-channels", 6,
+                       "--num-layers", 1, "--free-bits", 0.1, "--anneal-epochs", 1, "--epochs", 1,
+                       "--limit", 64, "--out", out, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", out, "--num-samples", 8, "--limit", 4,
+                       "--json", out / "e.json", "--no-progress")  # fmt: skip
+    r = json.loads((out / "e.json").read_text())
+    assert code == 0 and r["model"] == "pixelvae" and r["kl"] >= 0 and r["nll"] > 0, err
+    ae = tmp_path / "ae"
+    code, _, err = run(capsys, "train", "--model", "autoencoder", "--dataset", "digits",
+                       "--latent-dim", 4, "--hidden-dims", "32", "--epochs", 1, "--limit", 64,
+                       "--out", ae, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    code, text, _ = run(capsys, "evaluate", ae, "--limit", 4, "--no-progress")
+    assert code == 0 and "not a generative model" in text
+    code, _, err = run(capsys, "sample", ae, "--num", 2, "--out", tmp_path / "a.png")
+    assert_one_line_error(code, err, "cannot generate")
+
+
 def test_unknown_names(tmp_path, capsys):
     code, _, err = run(
         capsys, "train", "--model", "vae", "--dataset", "cifar", "--out", tmp_path / "r"
