@@ -36,29 +36,34 @@ class RowLSTMLayer(nn.Module):
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = x.shape
-        inputs = self.input_to_state(x)  # (N, 4h, H, W), all rows at once
+        n, _, _, width = x.shape
+        inputs = self.input_to_state(x).permute(2, 0, 1, 3).contiguous()  # (H, N, 4h, W)
         state = x.new_zeros(n, self.hidden, width)
         cell = torch.zeros_like(state)
         rows = []
-        for r in range(height):
-            state, cell = _lstm_update(inputs[:, :, r] + self.state_to_state(state), cell)
+        for row in inputs.unbind(0):  # unbind: one cheap backward, not a zero-filled copy per row
+            state, cell = _lstm_update(row + self.state_to_state(state), cell)
             rows.append(state)
         return torch.stack(rows, 2)  # (N, h, H, W)
 
 
 def skew(x: torch.Tensor) -> torch.Tensor:
-    """Shift row r right by r: ``(N, C, H, W) -> (N, C, H, W + H - 1)``."""
+    """Shift row r right by r: ``(N, C, H, W) -> (N, C, H, W + H - 1)``.
+
+    Done with one pad and one reshape (no per-row copies, so the backward is cheap):
+    with rows padded to W + H and laid end to end, row r of the skewed map is the
+    run starting at r (W + H - 1).
+    """
     n, c, h, w = x.shape
-    out = x.new_zeros(n, c, h, w + h - 1)
-    for r in range(h):
-        out[:, :, r, r : r + w] = x[:, :, r]
-    return out
+    flat = F.pad(x, (0, h)).reshape(n, c, h * (w + h))
+    return flat[..., : h * (w + h - 1)].reshape(n, c, h, w + h - 1)
 
 
 def unskew(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Invert :func:`skew`."""
-    return torch.stack([x[:, :, r, r : r + width] for r in range(x.shape[2])], 2)
+    """Invert :func:`skew`: ``(N, C, H, W + H - 1) -> (N, C, H, W)``."""
+    n, c, h, length = x.shape
+    flat = F.pad(x.reshape(n, c, h * length), (0, h))
+    return flat.reshape(n, c, h, length + 1)[..., :width]
 
 
 class DiagonalLSTM(nn.Module):
@@ -78,12 +83,13 @@ class DiagonalLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
         inputs = skew(self.input_to_state(x))  # (N, 4h, H, W + H - 1)
+        inputs = inputs.permute(3, 0, 1, 2).contiguous()  # one contiguous slab per column
         state = x.new_zeros(n, self.hidden, height)
         cell = torch.zeros_like(state)
         columns = []
-        for j in range(inputs.shape[3]):
+        for column in inputs.unbind(0):
             recurrent = self.state_to_state(F.pad(state, (1, 0)))  # rows r-1 and r
-            state, cell = _lstm_update(inputs[:, :, :, j] + recurrent, cell)
+            state, cell = _lstm_update(column + recurrent, cell)
             columns.append(state)
         return unskew(torch.stack(columns, 3), width)  # (N, h, H, W)
 
