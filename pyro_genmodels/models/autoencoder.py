@@ -15,10 +15,10 @@ import pyro
 import torch
 from torch import nn
 
-from ..distributions import LIKELIHOODS, get_likelihood
+from ..distributions import LIKELIHOODS
 from ..nn import NETWORKS, make_encoder_decoder
 from ..registry import register_model
-from .base import ImageModel
+from .base import ImageModel, likelihood_from_config
 
 
 @dataclass
@@ -55,11 +55,7 @@ class Autoencoder(ImageModel):
     def __init__(self, config: AutoencoderConfig | None = None):
         config = config or AutoencoderConfig()
         super().__init__(config)
-        kwargs = {
-            "gaussian": {"scale": config.gaussian_scale},
-            "logistic-mixture": {"num_mixtures": config.num_mixtures},
-        }.get(config.likelihood, {})
-        self.likelihood = get_likelihood(config.likelihood, self.image_shape, **kwargs)
+        self.likelihood = likelihood_from_config(config, self.image_shape)
         self.encoder, self.decoder = make_encoder_decoder(
             config.network, self.image_shape, config.latent_dim, self.likelihood.param_channels,
             config.hidden_dims,

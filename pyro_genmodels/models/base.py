@@ -13,6 +13,17 @@ from typing import Any
 import torch
 from pyro.nn import PyroModule
 
+from ..distributions import Likelihood, get_likelihood
+
+
+def likelihood_from_config(config: Any, image_shape: tuple[int, int, int]) -> Likelihood:
+    """The likelihood a model config names, with the options that likelihood takes."""
+    options = {
+        "gaussian": {"scale": getattr(config, "gaussian_scale", None)},
+        "logistic-mixture": {"num_mixtures": getattr(config, "num_mixtures", 5)},
+    }.get(config.likelihood, {})
+    return get_likelihood(config.likelihood, image_shape, **options)
+
 
 def check_image_shape(image_shape: Any) -> tuple[int, int, int]:
     """Normalize ``image_shape`` to a tuple of three positive ints or raise ValueError."""

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from ..distributions import get_likelihood
 from ..distributions.autoregressive import AutoregressiveImage
 from ..nn.pixelcnn import GatedPixelCNNNet, PixelCNNNet
 from ..nn.pixelrnn import PixelRNNNet
 from ..registry import register_model
-from .base import ImageModel
+from .base import ImageModel, likelihood_from_config
 
 PIXEL_LIKELIHOODS = ("bernoulli", "categorical", "logistic-mixture")
 
@@ -57,10 +56,7 @@ class PixelModel(ImageModel):
 
     def __init__(self, config: PixelConfig):
         super().__init__(config)
-        kwargs = (
-            {"num_mixtures": config.num_mixtures} if config.likelihood == "logistic-mixture" else {}
-        )
-        self.likelihood = get_likelihood(config.likelihood, self.image_shape, **kwargs)
+        self.likelihood = likelihood_from_config(config, self.image_shape)
         channels = self.image_shape[0]
         groups = channels if self.likelihood.channel_aware else 1
         self.net = self.build_net(channels, self.likelihood.param_channels, groups)

@@ -14,10 +14,10 @@ import pyro
 import torch
 from torch import nn
 
-from ..distributions import LIKELIHOODS, Likelihood, get_likelihood
+from ..distributions import LIKELIHOODS, Likelihood
 from ..nn import NETWORKS, make_encoder_decoder
 from ..registry import register_model
-from .base import ImageModel
+from .base import ImageModel, likelihood_from_config
 from .guides import Posterior, family_class, make_posterior
 from .priors import PRIORS, Prior, make_prior
 
@@ -93,11 +93,7 @@ class VAE(ImageModel):
         config = config or VAEConfig()
         super().__init__(config)
         if likelihood is None:
-            kwargs = {
-                "gaussian": {"scale": config.gaussian_scale},
-                "logistic-mixture": {"num_mixtures": config.num_mixtures},
-            }.get(config.likelihood, {})
-            likelihood = get_likelihood(config.likelihood, self.image_shape, **kwargs)
+            likelihood = likelihood_from_config(config, self.image_shape)
         self.likelihood = likelihood
         self.prior = prior or make_prior(
             config.prior,
