@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_genmodels.cli import main
 
@@ -202,6 +203,11 @@ def test_bad_arguments(tmp_path, trained_run, capsys):
     assert_one_line_error(code, err, "must be a .png")
     code, _, err = run(capsys, "train", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "needs --model and --dataset")
+    if not torch.cuda.is_available():
+        code, _, err = run(
+            capsys, *TRAIN, "--epochs", 1, "--out", tmp_path / "c", "--device", "cuda"
+        )
+        assert_one_line_error(code, err, "no CUDA device is available")
 
 
 def test_console_script_runs(tmp_path):
