@@ -348,6 +348,94 @@ def cmd_sample(args) -> int:
     return 0
 
 
+PLOT_KINDS = ("curves", "reconstructions", "traversals", "manifold", "embedding")
+
+
+def _add_plot(sub) -> None:
+    from .data import DATASETS, SPLITS
+
+    p = sub.add_parser(
+        "plot",
+        help="figures of a trained run: curves, reconstructions, traversals, manifold, embedding",
+        description="Draw one figure of a run into a PNG. curves: training loss and validation "
+        "ELBO/KL per epoch; reconstructions: inputs next to their reconstructions; traversals: "
+        "vary one latent dimension at a time around an image's code; manifold: decode a grid "
+        "of z (latent_dim 2 only); embedding: q(z|x) means of a split in 2-D (PCA or t-SNE), "
+        "coloured by label.",
+    )
+    p.add_argument("run_dir", help="a run directory written by train")
+    p.add_argument("--kind", choices=PLOT_KINDS, required=True, help="which figure")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--split", choices=SPLITS, default="test", help="data split (test)")
+    p.add_argument(
+        "--limit", type=_positive, help="use the first N images (reconstructions 16, else 2000)"
+    )
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="another data set of the same shape (e.g. mnist for labels with binarized-mnist)",
+    )
+    p.add_argument("--data-dir", help="data directory (default: the run's, then the usual)")
+    p.add_argument("--method", choices=("pca", "tsne"), default="pca", help="embedding (pca)")
+    p.add_argument(
+        "--dims",
+        type=_positive,
+        default=10,
+        help="traverse this many latent dims, the most active first (variance of the q(z|x) "
+        "means over the images; 10)",
+    )
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args) -> int:
+    import torch
+
+    from . import plots
+    from .runs import load_run
+
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out must be a .png file, got {args.out!r}")
+    run = load_run(args.run_dir, args.device, args.checkpoint)
+    torch.manual_seed(args.seed)
+    module, kind = run.module, args.kind
+    if kind == "curves":
+        metrics_file = run.path / "metrics.jsonl"
+        if not metrics_file.is_file():
+            raise FileNotFoundError(f"no metrics.jsonl in {run.path}")
+        lines = metrics_file.read_text().splitlines()
+        plots.plot_training_curves([json.loads(line) for line in lines if line.strip()], args.out)
+    elif kind == "manifold":
+        plots.plot_latent_manifold(module, path=args.out)
+    else:
+        if not hasattr(module, "encode"):
+            raise ValueError(f"{run.model_name} has no encoder, so no {kind} plot")
+        limit = args.limit or (16 if kind == "reconstructions" else 2000)
+        data = run.dataset(args.split, args.dataset, args.data_dir, limit)
+        x = data.fixed()
+        if kind == "reconstructions":
+            plots.plot_reconstructions(x, module.reconstruct(x.to(module.device)).cpu(), args.out)
+            print(f"wrote {args.out}")
+            return 0
+        with torch.no_grad():
+            z = torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
+        if kind == "traversals":
+            dims = plots.most_active_dims(z, args.dims)
+            plots.plot_traversals(module, x, dims=dims, path=args.out)
+        else:
+            if data.labels is None or len(data.labels) != len(x):
+                raise ValueError(
+                    f"{data.describe()['dataset']} has no labels to colour the embedding; "
+                    "pass --dataset with labels of the same shape (e.g. mnist)"
+                )
+            title = f"{run.model_name}: q(z|x) means of {len(x)} {args.split} images, {args.method}"
+            plots.plot_embedding(z, data.labels, args.method, args.out, title)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list models, guide families, data sets")
     p.set_defaults(func=cmd_list)
@@ -376,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_sample(sub)
+    _add_plot(sub)
     _add_list(sub)
     return parser
 

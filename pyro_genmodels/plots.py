@@ -109,6 +109,19 @@ def plot_latent_manifold(module, n: int = 20, path=None, bound: float = 0.95):
     return _finish(fig, path)
 
 
+def most_active_dims(codes: torch.Tensor, n: int) -> list[int]:
+    """The ``n`` latent dimensions whose q(z|x) means vary most over images ``codes`` ``(N, D)``.
+
+    The variance of E_q[z_d] across the data is the "active units" statistic of Burda et al.
+    (a dimension with variance below about 0.01 is ignored by the decoder).
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"codes must be (N, D), got shape {tuple(codes.shape)}")
+    if len(codes) < 2:
+        return list(range(min(n, codes.shape[1])))
+    return codes.var(0).argsort(descending=True)[:n].tolist()
+
+
 @torch.no_grad()
 def plot_traversals(
     module, x: torch.Tensor | None = None, dims=None, span: float = 3.0, steps=9, path=None

@@ -61,6 +61,20 @@ def test_train_evaluate_sample(trained_run, tmp_path, capsys):
     assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_every_kind(trained_run, tmp_path, capsys):
+    for kind in ("curves", "reconstructions", "traversals", "embedding"):
+        png = tmp_path / f"{kind}.png"
+        code, out, err = run(capsys, "plot", trained_run, "--kind", kind, "--out", png,
+                             "--limit", 50, "--dims", 3)  # fmt: skip
+        assert code == 0 and png.read_bytes()[:4] == b"\x89PNG", err
+    code, _, err = run(
+        capsys, "plot", trained_run, "--kind", "manifold", "--out", tmp_path / "m.png"
+    )
+    assert_one_line_error(code, err, "needs a model with latent_dim == 2")
+    code, _, err = run(capsys, "plot", trained_run, "--kind", "galaxy", "--out", tmp_path / "g.png")
+    assert_one_line_error(code, err, "invalid choice: 'galaxy'")
+
+
 def test_resume_extends_a_run(trained_run, tmp_path, capsys):
     import shutil
 

@@ -54,3 +54,11 @@ def test_latent_manifold_decodes_the_quantile_grid(monkeypatch):
     z = seen["z"].reshape(3, 3, 2)
     torch.testing.assert_close(z[0, :, 0], q)  # left to right: z1 rises
     torch.testing.assert_close(z[:, 0, 1], q.flip(0))  # top to bottom: z2 falls
+
+
+def test_most_active_dims_orders_by_variance_of_the_means():
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.01, 2.0, 0.5, 1.0])
+    codes = torch.randn(4000, 4, generator=gen) * scales
+    assert plots.most_active_dims(codes, 3) == [1, 3, 2]
+    assert plots.most_active_dims(codes[:1], 2) == [0, 1]  # one image: no variance to rank by
