@@ -195,7 +195,8 @@ def evaluate_images(
 
     :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
         ``num_examples``, ``psis_khat_mean``, ``psis_khat_max``) plus ``kl``, the standard
-        error of ``nll``, the share of examples with k > 0.7, the mean ESS and, if
+        error of ``nll``, the share of examples with k > 0.7, the mean ESS, ``active_units``
+        (real latents: dimensions whose q(z|x) mean has variance > 0.01 over ``x``) and, if
         ``prior_samples``, the naive prior-sampling estimate ``prior_nll``.
     """
     device = module.device
@@ -203,7 +204,9 @@ def evaluate_images(
     num_dims = math.prod(module.image_shape)
     batch_size = batch_size or max(1, min(len(x), getattr(module, "eval_batch_size", 100)))
     chunk_size = chunk_size or getattr(module, "iw_chunk_size", None)
-    parts: dict[str, list[torch.Tensor]] = {"lm": [], "elbo": [], "khat": [], "ess": [], "kl": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "lm": [], "elbo": [], "khat": [], "ess": [], "kl": [], "codes": []
+    }  # fmt: skip
     prior_parts = []
     has_latent, start = True, time.perf_counter()
     for i in tqdm(range(0, len(x), batch_size), desc="evaluate", disable=not progress):
@@ -216,6 +219,9 @@ def evaluate_images(
         parts["ess"].append(est.ess.float().cpu())
         if has_latent:
             parts["kl"].append(kl_divergence(module.model, module.guide, xb).cpu())
+            if getattr(module, "latent_is_real", False):
+                with torch.no_grad():
+                    parts["codes"].append(module.encode(xb).cpu())
         if prior_samples and has_latent:
             prior_parts.append(
                 prior_log_marginal(module.model, xb, prior_samples, chunk_size).cpu()
@@ -239,6 +245,9 @@ def evaluate_images(
         "nll_offset": offset,
         "seconds": time.perf_counter() - start,
     }
+    if len(parts["codes"]) and len(x) > 1:
+        # active units (Burda et al.): dimensions whose q(z|x) mean varies over the data
+        result["active_units"] = int((torch.cat(parts["codes"]).var(0) > 0.01).sum())
     if not getattr(module, "is_generative", True):  # an autoencoder: p(x | code(x)) only
         result["reconstruction_nll"] = result["nll"]
         for key in ("nll", "nll_stderr", "elbo", "bits_per_dim"):

@@ -92,6 +92,17 @@ def test_pixelvae_trains_and_evaluates(digits_binary):
     assert vae.sample(2).shape == (2, 1, 8, 8)
 
 
+def test_active_units_count_dimensions_whose_posterior_mean_varies(digits_binary):
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=5, hidden_dims=(16,))
+    x = digits_binary[:40]
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randn(len(x), 5, generator=gen) * torch.tensor([1.0, 0.5, 0.001, 0.0, 0.3])
+    batches = iter(codes.split(20))
+    vae.encode = lambda xb: next(batches)  # the posterior means the evaluation sees
+    r = evaluate_images(vae, x, num_samples=4, batch_size=20, progress=False)
+    assert r["active_units"] == 3
+
+
 def test_autoencoder_reconstructs_but_does_not_generate(digits_binary):
     ae = pg.create_model("autoencoder", image_shape=(1, 8, 8), latent_dim=8, hidden_dims=(64,))
     x = digits_binary[:256]
