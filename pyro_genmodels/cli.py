@@ -272,7 +272,8 @@ def _summary(r: dict) -> str:
         f"  NLL   {r['nll']:.3f} +- {r['nll_stderr']:.3f} nats  ({r['bits_per_dim']:.4f} bits/dim)",
     ]
     if not r["exact"]:
-        lines.append(f"  ELBO  {r['elbo']:.3f} nats   KL(q||p) {r['kl']:.3f} nats")
+        active = f", {r['active_units']} active units" if "active_units" in r else ""
+        lines.append(f"  ELBO  {r['elbo']:.3f} nats   KL(q||p) {r['kl']:.3f} nats{active}")
         lines.append(
             f"  PSIS k: mean {r['psis_khat_mean']:.3f}, max {r['psis_khat_max']:.3f}, "
             f"{100 * r['psis_khat_frac_above_0.7']:.1f}% of images above 0.7; "
