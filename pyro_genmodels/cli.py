@@ -431,7 +431,8 @@ def cmd_plot(args) -> int:
                     f"{data.describe()['dataset']} has no labels to colour the embedding; "
                     "pass --dataset with labels of the same shape (e.g. mnist)"
                 )
-            title = f"{run.model_name}: q(z|x) means of {len(x)} {args.split} images, {args.method}"
+            how = args.method if z.shape[1] > 2 else "as they are"
+            title = f"{run.model_name}: q(z|x) means of {len(x)} {args.split} images, {how}"
             plots.plot_embedding(z, data.labels, args.method, args.out, title)
     print(f"wrote {args.out}")
     return 0
