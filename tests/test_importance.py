@@ -207,6 +207,32 @@ def test_psis_khat_recovers_a_known_pareto_tail():
     assert torch.isnan(psis_khat(torch.zeros(100, 2))).all()  # constant: no tail
 
 
+@pytest.mark.parametrize("api", ["arviz<1", "arviz_stats"])
+def test_psis_shim_gives_the_same_khat_through_both_arviz_apis(api, monkeypatch):
+    # arviz 1.x (Python 3.12+) has no arviz.psislw; the shim then calls arviz_stats, whose
+    # array function takes log-likelihoods. Both paths must recover the same known tail.
+    import arviz
+
+    calls = []
+    if api == "arviz_stats":
+        pytest.importorskip("arviz_stats")  # a dev dependency: installed by `make install`
+        from arviz_stats.base import array_stats
+
+        monkeypatch.delattr(arviz, "psislw", raising=False)
+        real = array_stats.psislw
+        monkeypatch.setattr(
+            array_stats, "psislw", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+        )
+    elif not hasattr(arviz, "psislw"):
+        pytest.skip("arviz >= 1 is installed: only the arviz_stats path exists")
+    true_k = torch.tensor([0.3, 0.8], dtype=torch.float64).repeat_interleave(4)
+    u = torch.rand(20000, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    log_w = torch.log((u ** (-true_k) - 1) / true_k)
+    khat = psis_khat(log_w).reshape(2, 4).mean(1)
+    assert (khat - true_k[::4]).abs().max() < 0.1, khat
+    assert calls == ([(8, 20000)] if api == "arviz_stats" else [])
+
+
 def test_effective_sample_size():
     equal = torch.zeros(50, 2)
     assert torch.allclose(effective_sample_size(equal), torch.full((2,), 50.0, dtype=torch.float64))
