@@ -5,7 +5,13 @@ test images with K = 5000 and prints images/s and the decoder's achieved GFLOP/s
 (2 x in x out per linear layer, per particle), next to a float32 matmul rate
 measured in the same run, and the fraction of it the estimator reaches.
 
+With ``--model pixelvae`` it times the default PixelVAE instead (a Gated PixelCNN pass per
+particle, random weights: speed does not depend on them) for several chunk sizes, to choose
+how many particles x images one decoder pass should hold.
+
     .venv/bin/python benchmarks/iw_throughput.py [--num-images 100] [--num-samples 5000]
+    .venv/bin/python benchmarks/iw_throughput.py --model pixelvae --num-images 10 \
+        --num-samples 500 --chunk-sizes auto,2,5,10,20,50
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--chunk-sizes", default="auto,50,200,1000")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", choices=("vae", "pixelvae"), default="vae")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.model == "pixelvae":
+        return pixelvae(args, device)
     torch.manual_seed(0)
     vae = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50).to(device).eval()
     x, source = binarized_mnist("test", limit=args.num_images)
@@ -56,6 +65,38 @@ def main() -> None:
         rate = flops / seconds / 1e9
         print(
             f"| {chunk} | {seconds:.2f} | {len(x) / seconds:.1f} | {rate:.1f} | {rate / peak:.2f} |"
+        )
+
+
+def pixelvae(args, device) -> None:
+    torch.manual_seed(0)
+    model = pg.create_model("pixelvae", image_shape=(1, 28, 28)).to(device).eval()
+    x, source = binarized_mnist("test", limit=args.num_images)
+    x = x.to(device)
+    log_marginal(model.model, model.guide, x[:2], 4)  # warm-up
+    print(
+        f"# pixelvae log_marginal, K={args.num_samples}, N={len(x)} images ({source}); "
+        f"{machine()}, {device}; auto = {model.iw_samples_per_pass} particles x images per pass"
+    )
+    print("| chunk size | particles x images per pass | seconds | images/s | ratio to auto |")
+    print("|---|---:|---:|---:|---:|")
+    rows = []
+    for chunk in args.chunk_sizes.split(","):
+        size = None if chunk == "auto" else int(chunk)
+        seconds = min(  # best of 3: single timings on a shared CPU vary by up to 2x
+            timed(
+                lambda size=size: log_marginal(model.model, model.guide, x, args.num_samples, size),
+                device,
+            )
+            for _ in range(3)
+        )
+        per_pass = (size or max(1, model.iw_samples_per_pass // len(x))) * len(x)
+        rows.append((chunk, per_pass, seconds))
+    auto = next((sec for chunk, _, sec in rows if chunk == "auto"), rows[0][2])
+    for chunk, per_pass, seconds in rows:
+        print(
+            f"| {chunk} | {per_pass} | {seconds:.2f} | {len(x) / seconds:.2f} | "
+            f"{seconds / auto:.2f} |"
         )
 
 

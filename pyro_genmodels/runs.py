@@ -203,7 +203,6 @@ def evaluate_images(
     offset = module.likelihood.nll_offset()
     num_dims = math.prod(module.image_shape)
     batch_size = batch_size or max(1, min(len(x), getattr(module, "eval_batch_size", 100)))
-    chunk_size = chunk_size or getattr(module, "iw_chunk_size", None)
     parts: dict[str, list[torch.Tensor]] = {
         "lm": [], "elbo": [], "khat": [], "ess": [], "kl": [], "codes": []
     }  # fmt: skip

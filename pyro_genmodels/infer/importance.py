@@ -134,7 +134,13 @@ def _chunk_log_weights(model, guide, x, k, nesting, enumerated, observed=True) -
     return total.reshape(total.shape[particle_dim], total.shape[data_dim]).expand(k, x.shape[0])
 
 
-def _default_chunk(x: torch.Tensor) -> int:
+def _default_chunk(model, x: torch.Tensor) -> int:
+    """Particles per chunk: the model's own hint if it is a bound method of a module with
+    ``iw_samples_per_pass`` (particles x examples per pass, for costly decoders such as a
+    PixelCNN), else a memory budget of particles x examples x pixels."""
+    per_pass = getattr(getattr(model, "__self__", None), "iw_samples_per_pass", None)
+    if per_pass:
+        return max(1, int(per_pass) // max(1, x.shape[0] if x.dim() else 1))
     return max(1, _CHUNK_BUDGET // max(1, x.numel()))
 
 
@@ -147,7 +153,7 @@ def _log_weights(model, guide, x, num_samples, chunk_size) -> tuple[torch.Tensor
     if not has_latent:
         lw = _chunk_log_weights(model, guide, x, 1, nesting, enumerated)
         return lw.expand(num_samples, x.shape[0]), False
-    chunk = int(chunk_size) if chunk_size else _default_chunk(x)
+    chunk = int(chunk_size) if chunk_size else _default_chunk(model, x)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunks = []

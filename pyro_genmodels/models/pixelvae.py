@@ -88,9 +88,11 @@ class LatentToContext(nn.Module):
 class PixelVAE(VAE):
     """A VAE with an autoregressive decoder (a conditional Gated PixelCNN)."""
 
-    #: evaluation: images per batch and particles per chunk (a PixelCNN pass per particle)
+    #: evaluation: images per batch, and particles x images per decoder pass (a PixelCNN pass
+    #: per particle; on a CPU, 500 per pass runs about 2x slower than 20 to 50, see
+    #: benchmarks/iw_throughput.py --model pixelvae)
     eval_batch_size = 10
-    iw_chunk_size = 50
+    iw_samples_per_pass = 50
 
     def __init__(self, config: PixelVAEConfig | None = None, **parts):
         config = config or PixelVAEConfig()
