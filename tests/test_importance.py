@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+import pyro_genmodels as pg
 from pyro_genmodels.infer import (
     effective_sample_size,
     importance_estimate,
@@ -105,6 +106,23 @@ def test_k_5000_is_chunked_with_bounded_particles(lg):
     assert max(seen) == 500 and seen.count(500) == 10
     torch.testing.assert_close(lw[0], lg.exact_log_px(x), rtol=0, atol=1e-9)
     torch.testing.assert_close(lw.std(0), torch.zeros(4, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_a_module_sets_its_own_particles_per_pass():
+    # a costly decoder (the PixelVAE's) asks for a number of particles x examples per pass
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=3, hidden_dims=(16,))
+    seen = []
+    vae.decoder.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    x = (torch.rand(3, 1, 8, 8) < 0.5).float()
+    torch.manual_seed(0)
+    default = log_marginal(vae.model, vae.guide, x, 10)
+    assert seen[-1] == (10, 3, 3)  # the memory budget holds all 10 particles at once
+    seen.clear()
+    vae.iw_samples_per_pass = 6
+    torch.manual_seed(0)
+    chunked = log_marginal(vae.model, vae.guide, x, 10)
+    assert [s for s in seen if len(s) == 3] == [(2, 3, 3)] * 5  # 6 // 3 images = 2 particles
+    assert chunked.shape == default.shape == (3,) and torch.isfinite(chunked).all()
 
 
 def test_model_without_latents_is_exact():
