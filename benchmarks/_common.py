@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -59,3 +60,13 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> flo
     a @ b  # warm-up
     best = min(timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def write_table(out: Path, lines: list[str], rows: list[dict] | None = None) -> None:
+    """Print a markdown table and write it to ``out/table.md`` (rows to ``out/results.json``)."""
+    table = "\n".join(lines)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    if rows is not None:
+        (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import data_dir, machine
+from _common import data_dir, machine, write_table
 
 from pyro_genmodels.infer import TrainConfig
 from pyro_genmodels.runs import evaluate_run, train_run
@@ -86,10 +86,7 @@ def main() -> None:
             f"{r['psis_khat_mean']:.2f} | {r['psis_khat_max']:.2f} | {r['kl']:.2f} | "
             f"{r['seconds_per_epoch']:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table(out, lines, rows)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import data_dir, machine
+from _common import data_dir, machine, write_table
 
 from pyro_genmodels.infer import TrainConfig
 from pyro_genmodels.plots import plot_images
@@ -82,10 +82,7 @@ def main() -> None:
             f"| {r['model']} | {r['parameters']:,} | {r['seconds_per_epoch']:.0f} | "
             f"{r['nll']:.2f} | {r['bits_per_dim']:.4f} | {r['sample_16_seconds']:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table(out, lines, rows)
 
 
 if __name__ == "__main__":

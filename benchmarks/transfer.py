@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import data_dir, machine
+from _common import data_dir, machine, write_table
 
 from pyro_genmodels.transfer import transfer_experiment
 
@@ -58,11 +58,7 @@ def main() -> None:
             if method not in seen:
                 seen.add(method)
                 lines.append(f"| {method} | {acc:.4f} |")
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table + "\n")
+    write_table(Path(args.out), lines)
 
 
 if __name__ == "__main__":
