@@ -18,7 +18,7 @@ from torch import nn
 from ..distributions import LIKELIHOODS
 from ..nn import NETWORKS, make_encoder_decoder
 from ..registry import register_model
-from .base import ImageModel, likelihood_from_config
+from .base import CodeDecoderModel, likelihood_from_config
 
 
 @dataclass
@@ -45,7 +45,7 @@ class AutoencoderConfig:
 
 
 @register_model("autoencoder", AutoencoderConfig)
-class Autoencoder(ImageModel):
+class Autoencoder(CodeDecoderModel):
     """x -> encoder -> code -> decoder -> p(x | code)."""
 
     is_generative = False
@@ -80,15 +80,6 @@ class Autoencoder(ImageModel):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.code(self.check_input(x))
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        params = self.decoder(z)
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
     def sample(self, num_samples: int, **kwargs) -> torch.Tensor:
         raise ValueError(

@@ -93,3 +93,23 @@ class ImageModel(PyroModule):
 
     def sample(self, num_samples: int) -> torch.Tensor:
         raise NotImplementedError
+
+
+class CodeDecoderModel(ImageModel):
+    """An image model that maps images to codes (``encode``, defined by subclasses) and codes
+    back to images through ``self.decoder`` and ``self.likelihood``: the VAE and the
+    autoencoder."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        """Images for flat codes ``z`` ``(..., z_size)``: the likelihood's mean or a draw."""
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoded code of ``x`` (for a VAE: the mean of p(x | z) at the mean of q(z | x))."""
+        return self.decode(self.encode(x))

@@ -17,7 +17,7 @@ from torch import nn
 from ..distributions import LIKELIHOODS, Likelihood
 from ..nn import NETWORKS, make_encoder_decoder
 from ..registry import register_model
-from .base import ImageModel, likelihood_from_config
+from .base import CodeDecoderModel, likelihood_from_config
 from .guides import Posterior, family_class, make_posterior
 from .priors import PRIORS, Prior, make_prior
 
@@ -67,7 +67,7 @@ class VAEConfig:
 
 
 @register_model("vae", VAEConfig)
-class VAE(ImageModel):
+class VAE(CodeDecoderModel):
     """A VAE whose parts can all be replaced.
 
     :param config: a :class:`VAEConfig` (``create_model("vae", **keys)`` builds it).
@@ -169,17 +169,6 @@ class VAE(ImageModel):
         """The mean of q(z | x), ``(N, z_size)`` (class probabilities for one-hot codes)."""
         x = self.check_input(x)
         return self.posterior.mean(self.encoder(x))
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        """Images for flat latents ``z`` ``(..., z_size)``: the likelihood's mean or a draw."""
-        params = self.decoder(z)
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x | z) at z = the mean of q(z | x)."""
-        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
