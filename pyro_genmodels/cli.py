@@ -420,8 +420,7 @@ def cmd_plot(args) -> int:
             plots.plot_reconstructions(x, module.reconstruct(x.to(module.device)).cpu(), args.out)
             print(f"wrote {args.out}")
             return 0
-        with torch.no_grad():
-            z = torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
+        z = torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
         if kind == "traversals":
             dims = plots.most_active_dims(z, args.dims)
             plots.plot_traversals(module, x, dims=dims, path=args.out)

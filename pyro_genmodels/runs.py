@@ -219,8 +219,7 @@ def evaluate_images(
         if has_latent:
             parts["kl"].append(kl_divergence(module.model, module.guide, xb).cpu())
             if getattr(module, "latent_is_real", False):
-                with torch.no_grad():
-                    parts["codes"].append(module.encode(xb).cpu())
+                parts["codes"].append(module.encode(xb).cpu())  # encode runs without grad
         if prior_samples and has_latent:
             prior_parts.append(
                 prior_log_marginal(module.model, xb, prior_samples, chunk_size).cpu()
