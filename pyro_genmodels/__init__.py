@@ -1,13 +1,15 @@
-"""pyro-genmodels: deep generative models for images as Pyro probabilistic programs."""
+"""pyro-genmodels: deep generative models for images as Pyro probabilistic programs.
 
-import pyro as _pyro
+Importing the library changes no Pyro setting. Its trainer optimizes a module's own
+``parameters()`` with a torch optimizer, which works with either value of Pyro's
+``module_local_params``; the CLI, ``make demo`` and the notebooks turn it on (so that
+re-running a notebook cell that rebuilds a model never meets the previous model's
+parameters in Pyro's global param store). Plain ``pyro.infer.SVI`` with a
+``pyro.optim`` optimizer needs it off, Pyro's default.
+"""
 
-# Parameters live in the modules, not in Pyro's global param store, so notebook
-# cells that rebuild a model can be re-run safely.
-_pyro.settings.set(module_local_params=True)
-
-from . import models  # noqa: E402, F401  (importing it fills the registry)
-from .registry import create_model, list_models  # noqa: E402
+from . import models  # noqa: F401  (importing it fills the registry)
+from .registry import create_model, list_models
 
 __version__ = "0.1.0"
 

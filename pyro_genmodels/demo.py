@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from .infer import TrainConfig, log_marginal, prior_log_marginal  # noqa: E402
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--num-samples", type=int, default=1000, help="K for the test estimate")
     args = parser.parse_args(argv)
+    pyro.settings.set(module_local_params=True)  # parameters live in the modules
     out = Path(args.out)
     shutil.rmtree(out / "run", ignore_errors=True)
     start = time.perf_counter()

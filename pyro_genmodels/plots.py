@@ -130,7 +130,7 @@ def plot_traversals(
 
     Needs real-valued latents (not the one-hot codes of ``guide="categorical"``).
     """
-    if not getattr(module, "latent_is_real", True):
+    if not module.latent_is_real:
         raise ValueError("latent traversals need real-valued latents, not one-hot codes")
     d = module.latent_dim
     dims = list(range(min(d, 10))) if dims is None else list(dims)
@@ -174,7 +174,7 @@ def plot_posterior_2d(
 
     :param x: one image ``(1, C, H, W)``.
     """
-    if getattr(module, "latent_dim", None) != 2 or not getattr(module, "latent_is_real", True):
+    if getattr(module, "latent_dim", None) != 2 or not module.latent_is_real:
         raise ValueError("the 2-D posterior plot needs real latents with latent_dim == 2")
     fig = None
     if ax is None:

@@ -202,7 +202,7 @@ def evaluate_images(
     device = module.device
     offset = module.likelihood.nll_offset()
     num_dims = math.prod(module.image_shape)
-    batch_size = batch_size or max(1, min(len(x), getattr(module, "eval_batch_size", 100)))
+    batch_size = batch_size or max(1, min(len(x), module.eval_batch_size))
     parts: dict[str, list[torch.Tensor]] = {
         "lm": [], "elbo": [], "khat": [], "ess": [], "kl": [], "codes": []
     }  # fmt: skip
@@ -218,7 +218,7 @@ def evaluate_images(
         parts["ess"].append(est.ess.float().cpu())
         if has_latent:
             parts["kl"].append(kl_divergence(module.model, module.guide, xb).cpu())
-            if getattr(module, "latent_is_real", False):
+            if module.latent_is_real and module.is_generative:
                 parts["codes"].append(module.encode(xb).cpu())  # encode runs without grad
         if prior_samples and has_latent:
             prior_parts.append(
@@ -246,7 +246,7 @@ def evaluate_images(
     if len(parts["codes"]) and len(x) > 1:
         # active units (Burda et al.): dimensions whose q(z|x) mean varies over the data
         result["active_units"] = int((torch.cat(parts["codes"]).var(0) > 0.01).sum())
-    if not getattr(module, "is_generative", True):  # an autoencoder: p(x | code(x)) only
+    if not module.is_generative:  # an autoencoder: p(x | code(x)) only
         result["reconstruction_nll"] = result["nll"]
         for key in ("nll", "nll_stderr", "elbo", "bits_per_dim"):
             result[key] = float("nan")

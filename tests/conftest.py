@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
@@ -20,6 +21,9 @@ def shared_data_dir() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _seed():
+    # the suite runs under Pyro's default settings (the library changes none on import);
+    # an empty param store keeps one test's modules out of the next
+    pyro.clear_param_store()
     torch.manual_seed(0)
     yield
 

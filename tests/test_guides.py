@@ -8,7 +8,7 @@ import torch
 from test_importance import LinearGaussian
 
 import pyro_genmodels as pg
-from pyro_genmodels.distributions.relaxed import GumbelSoftmaxCategorical, relaxed_sampling
+from pyro_genmodels.distributions.relaxed import relaxed_one_hot
 from pyro_genmodels.infer import (
     LatentScale,
     fit,
@@ -29,16 +29,17 @@ def test_every_family_is_listed():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_samples_log_prob_and_gradients(family):
     encoder = torch.nn.Linear(10, 6)
-    q_net = make_posterior(family, 6, 3, num_classes=4)
+    q_net = make_posterior(family, 6, 3, **({"num_classes": 4} if family == "categorical" else {}))
     h = encoder(torch.randn(5, 10))
-    q = q_net(h)
+    q = q_net(h)  # training mode: categorical codes are relaxed (differentiable)
     event = (3, 4) if family == "categorical" else (3,)
     assert q.batch_shape == (5,) and q.event_shape == event
-    with relaxed_sampling():  # categorical codes are relaxed (differentiable) in training
-        z = q.expand((7, 5)).rsample()  # as inside a particle plate
+    z = q.expand((7, 5)).rsample()  # as inside a particle plate
     assert z.shape == (7, 5, *event)
-    hard = q.expand((2, 5)).sample()
-    assert torch.isfinite(q.log_prob(hard)).all() and q.log_prob(hard).shape == (2, 5)
+    q_eval = q_net.eval()(h)  # eval mode: exact (one-hot codes are discrete)
+    hard = q_eval.expand((2, 5)).sample()
+    log_q = q_eval.log_prob(hard)
+    assert torch.isfinite(log_q).all() and log_q.shape == (2, 5)
     (z**2).sum().backward()
     assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
     assert q_net.mean(h).shape == (5, math.prod(event))
@@ -87,6 +88,10 @@ def test_full_rank_with_the_exact_posterior_is_exact_at_k1():
 def test_one_component_mixture_matches_diagonal():
     diag = make_posterior("diagonal", 6, 3)
     mix = make_posterior("mixture", 6, 3, num_components=1)
+    with pytest.raises(
+        ValueError, match=r"unknown option\(s\) \['rank'\] for guide family 'mixture'"
+    ):
+        make_posterior("mixture", 6, 3, rank=2)
     with torch.no_grad():
         mix.locs.load_state_dict(diag.loc.state_dict())
         mix.raw_scales.load_state_dict(diag.raw_scale.state_dict())
@@ -158,13 +163,17 @@ def test_gmvae_log_marginal_matches_brute_force():
 
 def test_categorical_code_is_exact_discrete_at_evaluation():
     torch.manual_seed(3)
-    vae = _vae(image_shape=(1, 2, 2), latent_dim=2, guide="categorical", num_classes=3).double()
-    q = vae.posterior(vae.encoder(torch.zeros(1, 1, 2, 2, dtype=torch.float64)))
+    vae = _vae(
+        image_shape=(1, 2, 2), latent_dim=2, guide="categorical", guide_options={"num_classes": 3}
+    ).double()
+    x0 = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    soft = vae.posterior(vae.encoder(x0)).rsample()  # training mode: relaxed
+    assert ((soft > 0) & (soft < 1)).all()
+    vae.eval()
+    q = vae.posterior(vae.encoder(x0))
+    assert isinstance(q.base_dist, pyro.distributions.OneHotCategorical)
     hard = q.sample((100,))
     assert set(hard.unique().tolist()) == {0.0, 1.0} and (hard.sum(-1) == 1).all()
-    with relaxed_sampling():
-        soft = vae.posterior(vae.encoder(torch.zeros(1, 1, 2, 2, dtype=torch.float64))).rsample()
-    assert ((soft > 0) & (soft < 1)).all()
     # brute force: p(x) = sum over the 9 codes of p(z) p(x | z)
     codes = torch.eye(3, dtype=torch.float64)
     z = torch.stack([torch.stack([codes[i], codes[j]]) for i in range(3) for j in range(3)])
@@ -177,20 +186,58 @@ def test_categorical_code_is_exact_discrete_at_evaluation():
     probs = vae.posterior(vae.encoder(x)).base_dist.probs
     analytic = (probs * (probs.log() + math.log(3))).sum((-1, -2))
     torch.testing.assert_close(kl_divergence(vae.model, vae.guide, x), analytic)
-    assert vae.default_objective == "meanfield"
+    assert vae.default_objective == "elbo"
 
 
-def test_gumbel_softmax_relaxed_sample_tends_to_the_categorical():
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_plain_svi_trains_the_categorical_encoder_through_the_reconstruction(straight_through):
+    # no trainer and no switch: Pyro's own SVI, Trace_ELBO and optimizer (Pyro's default
+    # module_local_params=False, under which SVI finds the modules' parameters)
+    assert not pyro.settings.get("module_local_params")
+    torch.manual_seed(0)
+    options = {"num_classes": 4, "straight_through": straight_through}
+    vae = _vae(guide="categorical", latent_dim=5, guide_options=options)
+    x = (torch.rand(16, 1, 8, 8) < 0.4).float()
+    elbo = pyro.infer.Trace_ELBO()
+
+    def encoder_grads(model):
+        vae.zero_grad()
+        elbo.differentiable_loss(model, vae.guide, x).backward()
+        return torch.cat([p.grad.flatten() for p in vae.encoder.parameters()])
+
+    def kl_part(x):  # the model without its observation: only the KL term is left
+        with pyro.plate("data", x.shape[0]):
+            vae.prior.sample_site("z", x, vae)
+
+    pyro.set_rng_seed(1)
+    full = encoder_grads(vae.model)
+    pyro.set_rng_seed(1)
+    kl_only = encoder_grads(kl_part)
+    assert (full - kl_only).abs().max() > 1e-3  # the reconstruction term reaches the encoder
+
+    before = torch.cat([p.detach().flatten() for p in vae.encoder.parameters()])
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    losses = [svi.step(x) for _ in range(40)]
+    after = torch.cat([p.detach().flatten() for p in vae.encoder.parameters()])
+    assert all(math.isfinite(v) for v in losses)
+    assert (after - before).abs().max() > 1e-2  # SVI moved the encoder
+    assert sum(losses[-10:]) < sum(losses[:10])  # and the relaxed ELBO improved
+
+
+def test_relaxed_one_hot_tends_to_the_categorical_and_straight_through_is_hard():
     logits = torch.tensor([0.0, 1.0, -1.0])
-    q = GumbelSoftmaxCategorical(logits.expand(20000, 3), temperature=0.5)
-    freq = q.sample().mean(0)
+    q = relaxed_one_hot(logits.expand(20000, 3), temperature=0.05)
+    freq = (q.sample() > 0.5).float().mean(0)
     torch.testing.assert_close(freq, torch.softmax(logits, -1), rtol=0, atol=0.015)
-    with relaxed_sampling():
-        st = GumbelSoftmaxCategorical(logits.requires_grad_(), 0.5, straight_through=True)
-        y = st.rsample()
+    st = relaxed_one_hot(logits.requires_grad_(), 0.5, straight_through=True)
+    y = st.rsample()
     assert set(y.detach().unique().tolist()) == {0.0, 1.0}
+    assert torch.isfinite(st.log_prob(y))  # the density of the relaxed sample behind y
     (y * torch.arange(3.0)).sum().backward()
     assert logits.grad.abs().sum() > 0  # the relaxed gradient flows through hard samples
+    # samples stay off the simplex's edges, so their float32 log-density is finite
+    sharp = relaxed_one_hot(torch.tensor([0.0, 80.0, -80.0]), 0.1)
+    assert torch.isfinite(sharp.log_prob(sharp.rsample((100,)))).all()
 
 
 def test_vamp_prior_is_the_mean_of_posteriors_at_pseudo_inputs():
@@ -217,7 +264,9 @@ def test_unknown_names_are_clear():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_trains_and_evaluates(family, digits_binary):
-    vae = _vae(guide=family, num_classes=4)
+    vae = _vae(
+        guide=family, **({"guide_options": {"num_classes": 4}} if family == "categorical" else {})
+    )
     x = digits_binary[:256]
     metrics = fit(vae, x, x[:64], epochs=2, batch_size=64, progress=False, anneal_epochs=1)
     assert metrics[0]["kl_weight"] == pytest.approx(1.0) and math.isfinite(

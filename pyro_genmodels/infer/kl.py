@@ -15,6 +15,7 @@ from .importance import (
     _PARTICLES,
     _chunk_log_weights,
     _max_plate_nesting,
+    _positive_int,
     _reduce,
     _sample_sites,
 )
@@ -46,12 +47,16 @@ def kl_divergence(
     :param analytic: use ``torch.distributions.kl_divergence`` where registered.
     :returns: ``(N,)`` tensor.
     """
-    nesting, enumerated, _ = _max_plate_nesting(model, guide, x)
-    if enumerated:  # p(z) = sum_y p(y) p(z | y): Monte Carlo against the summed-out prior
-        lw = _chunk_log_weights(model, guide, x, int(num_samples), nesting, enumerated, False)
+    num_samples = _positive_int(num_samples, "num_samples")
+    if x.shape[0] == 0:
+        return x.new_zeros((0,))
+    layout = _max_plate_nesting(model, guide, x)
+    nesting = layout.nesting
+    if layout.enumerated:  # p(z) = sum_y p(y) p(z | y): Monte Carlo against the summed-out prior
+        lw = _chunk_log_weights(model, guide, x, num_samples, layout, observed=False)
         return -lw.mean(0)
     particle_dim = -nesting - 1
-    with pyro.plate(_PARTICLES, int(num_samples), dim=particle_dim):
+    with pyro.plate(_PARTICLES, num_samples, dim=particle_dim):
         guide_tr = poutine.trace(guide).get_trace(x)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
     model_sites = _sample_sites(model_tr)

@@ -23,7 +23,6 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
-from ..distributions.relaxed import relaxed_sampling
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -35,6 +34,7 @@ from .checkpoint import (
     write_jsonl_atomic,
 )
 from .free_bits import FreeBitsELBO
+from .hints import hint
 from .importance import _max_plate_nesting, log_importance_weights
 from .iwae import IWAE_ELBO
 from .kl import kl_divergence
@@ -99,10 +99,10 @@ def make_elbo(
 def resolve_objective(objective: str, module) -> str:
     """Resolve ``"auto"`` and check that the objective suits the module."""
     if objective == "auto":
-        objective = getattr(module, "default_objective", "elbo")
+        objective = hint(module, "default_objective")
     if objective not in OBJECTIVES[1:]:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
-    if getattr(module, "requires_enumeration", False) and objective != "enum":
+    if hint(module, "requires_enumeration") and objective != "enum":
         raise ValueError(
             f"this model has an enumerated discrete site (e.g. the GMVAE cluster); "
             f"objective {objective!r} cannot sum it out: use objective 'enum' (or 'auto')"
@@ -370,7 +370,7 @@ class Trainer:
             else:
                 self.elbo = make_elbo(self.objective, self.config.num_particles, nesting)
         self.optimizer.zero_grad(set_to_none=True)
-        with pyro.validation_enabled(self.config.validate), relaxed_sampling():
+        with pyro.validation_enabled(self.config.validate):
             loss = self.elbo.differentiable_loss(model, guide, x) / n
         value = loss.item()
         if not math.isfinite(value):

@@ -2,7 +2,7 @@
 
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .base import ImageModel
-from .guides import Posterior, list_families, make_posterior, register_family
+from .guides import Posterior, family_options, list_families, make_posterior, register_family
 from .pixel import (
     DiagonalBiLSTMPixelRNN,
     GatedPixelCNN,
@@ -43,6 +43,7 @@ __all__ = [
     "VampPrior",
     "make_prior",
     "VAEConfig",
+    "family_options",
     "list_families",
     "make_posterior",
     "register_family",

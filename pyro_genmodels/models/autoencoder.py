@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pyro
 import torch
+from pyro.nn import pyro_method
 from torch import nn
 
 from ..distributions import LIKELIHOODS
@@ -49,8 +50,7 @@ class Autoencoder(CodeDecoderModel):
     """x -> encoder -> code -> decoder -> p(x | code)."""
 
     is_generative = False
-    default_objective = "elbo"
-    requires_enumeration = False
+    latent_is_real = True
 
     def __init__(self, config: AutoencoderConfig | None = None):
         config = config or AutoencoderConfig()
@@ -69,11 +69,13 @@ class Autoencoder(CodeDecoderModel):
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_code(self.encoder(x))
 
+    @pyro_method
     def model(self, x: torch.Tensor) -> None:
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", self.likelihood(self.decoder(self.code(x))), obs=x)
 
+    @pyro_method
     def guide(self, x: torch.Tensor) -> None:
         """Empty: the code is deterministic, not a latent variable."""
 

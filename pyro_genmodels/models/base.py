@@ -1,6 +1,7 @@
-"""What every model shares: input checks and the contract's method layout.
+"""What every model shares: input checks, the method layout, and the attributes that
+training and evaluation read.
 
-Contract (DESIGN.md item 2): ``model(x)``, ``guide(x)`` (possibly empty) and
+Every model has ``model(x)``, ``guide(x)`` (possibly empty) and
 ``sample(num_samples) -> (num_samples, C, H, W)``; the observed site is ``"x"``
 inside ``pyro.plate("data", x.shape[0])``.
 """
@@ -14,6 +15,7 @@ import torch
 from pyro.nn import PyroModule
 
 from ..distributions import Likelihood, get_likelihood
+from ..infer.hints import InferenceHints
 
 
 def likelihood_from_config(config: Any, image_shape: tuple[int, int, int]) -> Likelihood:
@@ -36,14 +38,23 @@ def check_image_shape(image_shape: Any) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-class ImageModel(PyroModule):
+class ImageModel(PyroModule, InferenceHints):
     """Base class of the library's models; holds ``config`` and the image likelihood.
 
     Subclasses define ``model``, ``guide`` and ``sample``. ``check_input`` turns
-    bad data into a clear :class:`ValueError` before anything is computed.
+    bad data into a clear :class:`ValueError` before anything is computed. The class
+    attributes below (and those of :class:`~pyro_genmodels.infer.hints.InferenceHints`:
+    ``default_objective``, ``requires_enumeration``, ``iw_samples_per_pass``) are what the
+    trainer, ``evaluate`` and the plots read; subclasses override them where they differ.
     """
 
     registry_name: str = ""
+    #: False for a model without a prior (the autoencoder): no ``sample``, no log p(x)
+    is_generative: bool = True
+    #: whether ``encode`` returns real vectors (active units, traversals, embeddings)
+    latent_is_real: bool = False
+    #: images per batch in ``evaluate``
+    eval_batch_size: int = 100
 
     def __init__(self, config: Any):
         super().__init__()
@@ -68,7 +79,9 @@ class ImageModel(PyroModule):
         return dataclasses.asdict(self.config)
 
     def check_input(self, x: Any) -> torch.Tensor:
-        """Validate a batch of images ``(N, C, H, W)`` for this model and return it.
+        """Validate a batch of images ``(N, C, H, W)`` for this model and return it in the
+        dtype of the model's parameters (binary images and grey levels are exact in any
+        float dtype; ``model.double()`` evaluates in float64).
 
         :raises ValueError: not a float tensor, wrong shape, NaN/inf values, or values
             outside the likelihood's support (e.g. grey levels for a Bernoulli model).
@@ -77,6 +90,7 @@ class ImageModel(PyroModule):
             raise ValueError(f"images must be a torch.Tensor, got {type(x).__name__}")
         if not torch.is_floating_point(x):
             raise ValueError(f"images must be a float tensor, got dtype {x.dtype}; use x.float()")
+        x = x.to(self._ref().dtype)
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             want = "(N, {}, {}, {})".format(*self.image_shape)
             raise ValueError(

@@ -15,14 +15,20 @@ come with their own prior (``gmvae``) say so through ``default_prior``.
                conditioned on the encoder features
 ``gmvae``      diagonal q(z|x) for the Gaussian-mixture VAE: the model's cluster y is
                summed out by enumeration (prior ``mixture``, objective ``enum``)
-``categorical``  ``latent_dim`` one-hot codes of ``num_classes`` classes, relaxed
-               (Gumbel-softmax) in training, exact at evaluation (prior ``categorical``)
+``categorical``  ``latent_dim`` one-hot codes of ``num_classes`` classes: Pyro's
+               ``RelaxedOneHotCategorical`` in training mode, the exact
+               ``OneHotCategorical`` in eval mode (prior ``categorical``)
 =============  =====================================================================
+
+A family's settings are a small dataclass, its ``Options``; a VAE takes them nested
+under the guide: ``create_model("vae", guide="low-rank", guide_options={"rank": 4})``.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -30,15 +36,23 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from ..distributions.relaxed import GumbelSoftmaxCategorical
+from ..distributions.relaxed import relaxed_one_hot
 
 _FAMILIES: dict[str, type] = {}
 
 
+@dataclass
+class NoOptions:
+    """A family without settings."""
+
+
 def register_family(name: str):
-    """Class decorator adding a posterior family to :func:`make_posterior`."""
+    """Class decorator adding a posterior family to :func:`make_posterior`; the class's
+    ``Options`` dataclass (default: none) lists the settings it takes."""
 
     def decorator(cls):
+        if not dataclasses.is_dataclass(cls.Options):
+            raise TypeError(f"{cls.__name__}.Options must be a dataclass")
         _FAMILIES[name] = cls
         cls.family = name
         return cls
@@ -57,11 +71,35 @@ def family_class(name: str) -> type:
     return _FAMILIES[name]
 
 
-def make_posterior(name: str, feature_dim: int, latent_dim: int, **options) -> Posterior:
-    """Build a posterior family by name; ``options`` it does not take are ignored."""
+def family_options(name: str, options: Any = None) -> Any:
+    """The ``Options`` dataclass of family ``name`` from a dict (or an instance).
+
+    :raises ValueError: an unknown family or option, listing the valid ones.
+    """
     cls = family_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(feature_dim, latent_dim, **{k: v for k, v in options.items() if k in accepted})
+    if isinstance(options, cls.Options):
+        return options
+    options = dict(options or {})
+    valid = [f.name for f in dataclasses.fields(cls.Options)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for guide family {name!r}; "
+            f"valid: {valid if valid else 'none'}"
+        )
+    return cls.Options(**options)
+
+
+def make_posterior(name: str, feature_dim: int, latent_dim: int, **options) -> Posterior:
+    """Build a posterior family by name with its options (unknown ones are an error)."""
+    cls = family_class(name)
+    return cls(feature_dim, latent_dim, family_options(name, options))
+
+
+def _at_least(value: Any, low: int, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def _positive(raw: torch.Tensor) -> torch.Tensor:
@@ -78,11 +116,14 @@ class Posterior(nn.Module):
     family: str = ""
     #: the prior this family is meant for when the config says ``prior="auto"``
     default_prior: str = "standard"
+    #: the family's settings (a dataclass); instances get them as ``self.options``
+    Options: type = NoOptions
 
-    def __init__(self, feature_dim: int, latent_dim: int):
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
         super().__init__()
         self.feature_dim = int(feature_dim)
         self.latent_dim = int(latent_dim)
+        self.options = options if options is not None else self.Options()
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
@@ -96,8 +137,8 @@ class Posterior(nn.Module):
 class DiagonalNormal(Posterior):
     """q(z | x) = N(mu(h), diag(sigma(h)^2))."""
 
-    def __init__(self, feature_dim: int, latent_dim: int):
-        super().__init__(feature_dim, latent_dim)
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
+        super().__init__(feature_dim, latent_dim, options)
         self.loc = nn.Linear(feature_dim, latent_dim)
         self.raw_scale = nn.Linear(feature_dim, latent_dim)
 
@@ -113,8 +154,8 @@ class DiagonalNormal(Posterior):
 class FullRankNormal(Posterior):
     """q(z | x) = N(mu(h), L(h) L(h)^T), L lower triangular with a positive diagonal."""
 
-    def __init__(self, feature_dim: int, latent_dim: int):
-        super().__init__(feature_dim, latent_dim)
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
+        super().__init__(feature_dim, latent_dim, options)
         d = latent_dim
         self.loc = nn.Linear(feature_dim, d)
         self.raw_diag = nn.Linear(feature_dim, d)
@@ -142,11 +183,16 @@ class FullRankNormal(Posterior):
 class LowRankNormal(Posterior):
     """q(z | x) = N(mu(h), W(h) W(h)^T + diag(d(h))) with W of rank ``rank``."""
 
-    def __init__(self, feature_dim: int, latent_dim: int, rank: int = 2):
-        super().__init__(feature_dim, latent_dim)
-        if int(rank) < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        self.rank = int(rank)
+    @dataclass
+    class Options:
+        rank: int = 2  # rank of the covariance factor W
+
+        def __post_init__(self):
+            self.rank = _at_least(self.rank, 1, "rank")
+
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
+        super().__init__(feature_dim, latent_dim, options)
+        self.rank = self.options.rank
         self.loc = nn.Linear(feature_dim, latent_dim)
         self.raw_diag = nn.Linear(feature_dim, latent_dim)
         self.factor = nn.Linear(feature_dim, latent_dim * self.rank)
@@ -180,11 +226,16 @@ class MixtureNormal(Posterior):
     """q(z | x) = sum_k w_k(h) N(mu_k(h), diag sigma_k(h)^2), Pyro's ``MixtureOfDiagNormals``
     (reparameterized gradients through the implicit sampling of the component)."""
 
-    def __init__(self, feature_dim: int, latent_dim: int, num_components: int = 4):
-        super().__init__(feature_dim, latent_dim)
-        if int(num_components) < 1:
-            raise ValueError(f"num_components must be >= 1, got {num_components}")
-        self.num_components = k = int(num_components)
+    @dataclass
+    class Options:
+        num_components: int = 4  # mixture components of q(z|x)
+
+        def __post_init__(self):
+            self.num_components = _at_least(self.num_components, 1, "num_components")
+
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
+        super().__init__(feature_dim, latent_dim, options)
+        self.num_components = k = self.options.num_components
         self.locs = nn.Linear(feature_dim, k * latent_dim)
         self.raw_scales = nn.Linear(feature_dim, k * latent_dim)
         self.logits = nn.Linear(feature_dim, k)
@@ -209,17 +260,22 @@ class IAFNormal(Posterior):
     Pyro conditional affine autoregressive transform conditioned on the features h,
     with the dimension order reversed between steps."""
 
-    def __init__(
-        self, feature_dim: int, latent_dim: int, flow_steps: int = 2, flow_hidden: int = 0
-    ):
-        super().__init__(feature_dim, latent_dim)
-        if int(flow_steps) < 1:
-            raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
-        hidden = int(flow_hidden) or max(2 * latent_dim, 32)
+    @dataclass
+    class Options:
+        flow_steps: int = 2  # IAF steps
+        flow_hidden: int = 0  # hidden units of each step's autoregressive net (0: max(2D, 32))
+
+        def __post_init__(self):
+            self.flow_steps = _at_least(self.flow_steps, 1, "flow_steps")
+            self.flow_hidden = _at_least(self.flow_hidden, 0, "flow_hidden")
+
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
+        super().__init__(feature_dim, latent_dim, options)
+        hidden = self.options.flow_hidden or max(2 * latent_dim, 32)
         self.base = DiagonalNormal(feature_dim, latent_dim)
         self.flows = nn.ModuleList(
             T.conditional_affine_autoregressive(latent_dim, feature_dim, hidden_dims=[hidden])
-            for _ in range(int(flow_steps))
+            for _ in range(self.options.flow_steps)
         )
         self.register_buffer("_reverse", torch.arange(latent_dim - 1, -1, -1), persistent=False)
 
@@ -253,35 +309,44 @@ class GMVAEPosterior(DiagonalNormal):
 class CategoricalCode(Posterior):
     """``latent_dim`` independent one-hot codes of ``num_classes`` classes: event (L, K).
 
-    Relaxed (Gumbel-softmax at ``temperature``, optionally straight-through) inside
-    the trainer's SVI step; exact hard samples everywhere else.
+    In training mode (``module.train()``) q(z | x) is Pyro's ``RelaxedOneHotCategorical``
+    at ``temperature`` (Gumbel-softmax / Concrete; its straight-through variant with
+    ``straight_through``), reparameterized, so plain ``pyro.infer.SVI`` trains the
+    encoder through the reconstruction term; the categorical prior is relaxed alike, so
+    the ELBO is that of the Concrete relaxation (Maddison et al. 2017). In eval mode it
+    is the exact ``OneHotCategorical``, so importance weights and KL are those of the
+    discrete model.
     """
 
     default_prior = "categorical"
 
-    def __init__(
-        self,
-        feature_dim: int,
-        latent_dim: int,
-        num_classes: int = 10,
-        temperature: float = 0.5,
-        straight_through: bool = False,
-    ):
-        super().__init__(feature_dim, latent_dim)
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.num_classes = int(num_classes)
-        self.temperature, self.straight_through = float(temperature), bool(straight_through)
+    @dataclass
+    class Options:
+        num_classes: int = 10  # classes per code
+        temperature: float = 0.5  # of the relaxation in training mode (prior and guide)
+        straight_through: bool = False  # training: hard one-hot forward, relaxed gradient
+
+        def __post_init__(self):
+            self.num_classes = _at_least(self.num_classes, 2, "num_classes")
+            if not float(self.temperature) > 0:
+                raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            self.temperature = float(self.temperature)
+            self.straight_through = bool(self.straight_through)
+
+    def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
+        super().__init__(feature_dim, latent_dim, options)
+        self.num_classes = self.options.num_classes
         self.logits = nn.Linear(feature_dim, latent_dim * self.num_classes)
 
     def _logits(self, h):
         return self.logits(h).reshape(*h.shape[:-1], self.latent_dim, self.num_classes)
 
     def forward(self, h):
-        q = GumbelSoftmaxCategorical(self._logits(h), self.temperature, self.straight_through)
-        return q.to_event(1)
+        logits = self._logits(h)
+        if not self.training:
+            return dist.OneHotCategorical(logits=logits).to_event(1)
+        opts = self.options
+        return relaxed_one_hot(logits, opts.temperature, opts.straight_through).to_event(1)
 
     def mean(self, h):
         return torch.softmax(self._logits(h), -1).flatten(-2)

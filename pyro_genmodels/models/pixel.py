@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pyro
 import torch
+from pyro.nn import pyro_method
 
 from ..distributions.autoregressive import AutoregressiveImage
 from ..nn.pixelcnn import GatedPixelCNNNet, PixelCNNNet
@@ -51,9 +52,6 @@ class GatedPixelCNNConfig(PixelConfig):
 class PixelModel(ImageModel):
     """Shared by the autoregressive models: likelihood, program, exact log p(x), sampling."""
 
-    default_objective = "elbo"
-    requires_enumeration = False
-
     def __init__(self, config: PixelConfig):
         super().__init__(config)
         self.likelihood = likelihood_from_config(config, self.image_shape)
@@ -74,11 +72,13 @@ class PixelModel(ImageModel):
         """The network's raw output ``(N, P, H, W)`` for images x (for inspection and tests)."""
         return self.net(self.likelihood.net_input(x), context, context_map)
 
+    @pyro_method
     def model(self, x: torch.Tensor, context=None) -> None:
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", self.distribution(context), obs=x)
 
+    @pyro_method
     def guide(self, x: torch.Tensor, context=None) -> None:
         """Empty: the model has no latent variables."""
 

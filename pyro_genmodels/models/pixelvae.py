@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 import torch.nn.functional as F
+from pyro.nn import pyro_method
 from torch import nn
 
 from ..distributions.autoregressive import AutoregressiveImage
@@ -99,7 +100,7 @@ class PixelVAE(VAE):
         decoder = parts.pop("decoder", None)
         if decoder is None:
             z_size = config.latent_dim * (
-                config.num_classes if config.prior == "categorical" else 1
+                config.guide_options.num_classes if config.prior == "categorical" else 1
             )
             decoder = LatentToContext(
                 z_size, config.image_shape, config.context, config.context_dim, config.map_channels
@@ -129,6 +130,7 @@ class PixelVAE(VAE):
             batch_shape=z.shape[:-1],
         )
 
+    @pyro_method
     def model(self, x: torch.Tensor) -> None:
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):

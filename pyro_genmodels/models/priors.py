@@ -148,33 +148,57 @@ class VampPrior(Prior):
 
 
 class UniformCategoricalPrior(Prior):
-    """L independent uniform one-hot codes of K classes: event_shape ``(L, K)``."""
+    """L independent uniform one-hot codes of K classes: event_shape ``(L, K)``.
+
+    In training mode the codes are relaxed at ``temperature`` like the categorical
+    posterior family (so the training ELBO is the Concrete relaxation's); in eval mode,
+    and always in :meth:`draw` and :meth:`log_prob`, they are exact.
+    """
 
     name = "categorical"
 
-    def __init__(self, num_variables: int, num_classes: int):
+    def __init__(
+        self,
+        num_variables: int,
+        num_classes: int,
+        temperature: float = 0.5,
+        straight_through: bool = False,
+    ):
         super().__init__()
         self.num_variables, self.num_classes = int(num_variables), int(num_classes)
+        self.temperature, self.straight_through = float(temperature), bool(straight_through)
 
     @property
     def event_shape(self) -> torch.Size:
         return torch.Size([self.num_variables, self.num_classes])
 
+    def _exact(self, ref):
+        return uniform_one_hot(ref, self.num_variables, self.num_classes)
+
     def sample_site(self, name, ref, owner=None):
-        return pyro.sample(name, uniform_one_hot(ref, self.num_variables, self.num_classes))
+        if not self.training:
+            return pyro.sample(name, self._exact(ref))
+        relaxed = uniform_one_hot(
+            ref, self.num_variables, self.num_classes, self.temperature, self.straight_through
+        )
+        return pyro.sample(name, relaxed)
 
     def draw(self, n, ref, owner=None):
-        return uniform_one_hot(ref, self.num_variables, self.num_classes).sample((n,))
+        return self._exact(ref).sample((n,))
 
     def log_prob(self, z, owner=None):
-        return uniform_one_hot(z, self.num_variables, self.num_classes).log_prob(z)
+        return self._exact(z).log_prob(z)
 
 
 PRIORS = ("standard", "mixture", "vamp", "categorical")
 
 
-def make_prior(name: str, latent_dim: int, image_shape, num_components: int, num_classes: int):
-    """Build a prior by name (see :data:`PRIORS`)."""
+def make_prior(name: str, latent_dim: int, image_shape, num_components: int, code=None):
+    """Build a prior by name (see :data:`PRIORS`).
+
+    :param code: ``prior="categorical"``: the categorical family's options (``num_classes``,
+        ``temperature``, ``straight_through``), shared by the relaxed prior.
+    """
     if name == "standard":
         return StandardNormalPrior(latent_dim)
     if name == "mixture":
@@ -182,5 +206,7 @@ def make_prior(name: str, latent_dim: int, image_shape, num_components: int, num
     if name == "vamp":
         return VampPrior(latent_dim, image_shape, num_components)
     if name == "categorical":
-        return UniformCategoricalPrior(latent_dim, num_classes)
+        return UniformCategoricalPrior(
+            latent_dim, code.num_classes, code.temperature, code.straight_through
+        )
     raise ValueError(f"unknown prior {name!r}; valid: {', '.join(PRIORS)}")

@@ -8,17 +8,19 @@ encoder and a swappable posterior family.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyro
 import torch
+from pyro.nn import pyro_method
 from torch import nn
 
 from ..distributions import LIKELIHOODS, Likelihood
 from ..nn import NETWORKS, make_encoder_decoder
 from ..registry import register_model
 from .base import CodeDecoderModel, likelihood_from_config
-from .guides import Posterior, family_class, make_posterior
+from .guides import Posterior, family_class, family_options
 from .priors import PRIORS, Prior, make_prior
 
 
@@ -28,17 +30,12 @@ class VAEConfig:
     likelihood: str = "bernoulli"  # "bernoulli" | "gaussian" | "categorical" | "logistic-mixture"
     latent_dim: int = 50  # size of z (number of one-hot codes for guide="categorical")
     guide: str = "diagonal"  # posterior family, see pyro_genmodels.models.list_families()
+    guide_options: Any = field(default_factory=dict)  # the family's Options, e.g. {"rank": 4}
     prior: str = "auto"  # "standard" | "mixture" | "vamp" | "categorical"; auto: the family's
     network: str = "mlp"  # encoder/decoder: "mlp" | "conv" (H, W divisible by 4)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
     gaussian_scale: float | None = None  # gaussian only: fixed std, or None to learn it
-    num_components: int = 4  # guide="mixture": components of q(z|x)
     prior_components: int = 10  # prior="mixture" (GMVAE clusters) or "vamp" (pseudo-inputs)
-    rank: int = 2  # guide="low-rank": rank of the covariance factor
-    flow_steps: int = 2  # guide="iaf": number of IAF steps
-    num_classes: int = 10  # guide="categorical": classes per code
-    temperature: float = 0.5  # guide="categorical": Gumbel-softmax temperature in training
-    straight_through: bool = False  # guide="categorical": hard forward, relaxed gradient
     num_mixtures: int = 5  # likelihood="logistic-mixture": components per pixel
 
     def __post_init__(self):
@@ -52,6 +49,7 @@ class VAEConfig:
         if self.network not in NETWORKS:
             raise ValueError(f"unknown network {self.network!r}; valid: {', '.join(NETWORKS)}")
         family = family_class(self.guide)  # raises for unknown names, listing the valid ones
+        self.guide_options = family_options(self.guide, self.guide_options)
         if self.prior == "auto":
             self.prior = family.default_prior
         if self.prior not in PRIORS:
@@ -100,7 +98,7 @@ class VAE(CodeDecoderModel):
             config.latent_dim,
             self.image_shape,
             config.prior_components,
-            config.num_classes,
+            config.guide_options,
         )
         z_size = math.prod(self.prior.event_shape)
         if encoder is None or decoder is None:
@@ -113,17 +111,8 @@ class VAE(CodeDecoderModel):
         self.encoder = encoder
         self.decoder = decoder
         feature_dim = getattr(encoder, "feature_dim", None) or config.hidden_dims[-1]
-        self.posterior = posterior or make_posterior(
-            config.guide,
-            feature_dim,
-            config.latent_dim,
-            num_components=config.num_components,
-            rank=config.rank,
-            flow_steps=config.flow_steps,
-            num_classes=config.num_classes,
-            temperature=config.temperature,
-            straight_through=config.straight_through,
-        )
+        family = family_class(config.guide)
+        self.posterior = posterior or family(feature_dim, config.latent_dim, config.guide_options)
 
     @property
     def latent_dim(self) -> int:
@@ -142,9 +131,7 @@ class VAE(CodeDecoderModel):
     @property
     def default_objective(self) -> str:
         """The training objective ``objective="auto"`` picks for this model."""
-        if self.requires_enumeration:
-            return "enum"
-        return "meanfield" if not self.latent_is_real else "elbo"
+        return "enum" if self.requires_enumeration else "elbo"
 
     def _flat(self, z: torch.Tensor) -> torch.Tensor:
         """z with its event dims flattened: the decoder's input ``(..., z_size)``."""
@@ -152,12 +139,14 @@ class VAE(CodeDecoderModel):
         return z.flatten(-n) if n > 1 else z
 
     # -- the Pyro program ---------------------------------------------------------------
+    @pyro_method
     def model(self, x: torch.Tensor) -> None:
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
             z = self.prior.sample_site("z", x, self)  # (..., N, *event)
             pyro.sample("x", self.likelihood(self.decoder(self._flat(z))), obs=x)
 
+    @pyro_method
     def guide(self, x: torch.Tensor) -> None:
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
