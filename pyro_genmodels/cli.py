@@ -29,18 +29,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _hidden_dims(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not dims or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return dims
-
-
 def _key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -62,33 +50,30 @@ def _positive(text: str) -> int:
     return value
 
 
+MODEL_DEST, GUIDE_DEST, TRAIN_DEST = "model.", "guide.", "train."
+
+
 def _add_train(sub) -> None:
+    from .configargs import add_config_arguments
     from .data import BINARIZATIONS, DATASETS
-    from .infer.train import OBJECTIVES, OPTIMIZERS
+    from .infer import TrainConfig
+    from .models.guides import _FAMILIES
+    from .registry import config_classes
 
     p = sub.add_parser(
         "train",
         help="train a model on a data set; writes RUN_DIR/checkpoint.pt and metrics.jsonl",
         description="Train a model by SVI. Each epoch writes RUN_DIR/checkpoint.pt atomically "
-        "(resumable with --resume) and appends to RUN_DIR/metrics.jsonl.",
+        "(resumable with --resume) and appends to RUN_DIR/metrics.jsonl. The model, guide "
+        "and training options are generated from the config dataclasses (pyro-genmodels list "
+        "shows each model's keys); --set KEY=VALUE passes any model key, guide.KEY=VALUE any "
+        "guide option.",
     )
     p.add_argument("--model", help="model name (pyro-genmodels list); required unless --resume")
-    p.add_argument("--guide", help="posterior family q(z|x) for latent-variable models")
     p.add_argument("--dataset", choices=DATASETS, help="data set; required unless --resume")
     p.add_argument("--data-dir", help="data directory (default: $PYRO_GENMODELS_DATA or cache)")
-    p.add_argument("--epochs", type=_positive, help="number of epochs to reach (default 10)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--batch-size", type=_positive, default=128, help="minibatch size (128)")
-    p.add_argument("--latent-dim", type=_positive, help="size of z for latent-variable models")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="auto: CUDA when available, else CPU",
-    )
     p.add_argument("--limit", type=_positive, help="keep the first N training examples")
-    p.add_argument("--likelihood", help="p(x|z) or pixel likelihood, e.g. bernoulli, gaussian")
     p.add_argument(
         "--binarization",
         choices=BINARIZATIONS,
@@ -96,30 +81,20 @@ def _add_train(sub) -> None:
         help="for Bernoulli likelihoods on grey-level data: sample once (static) or "
         "every batch (dynamic); binarized-mnist is static",
     )
-    p.add_argument("--network", choices=("mlp", "conv"), help="VAE encoder/decoder type")
-    p.add_argument("--hidden-dims", type=_hidden_dims, help="e.g. 512,256 (VAE encoder widths)")
-    p.add_argument("--prior", help="VAE prior: standard, mixture (GMVAE), vamp, categorical")
-    p.add_argument("--hidden-channels", type=_positive, help="pixel models: feature maps per layer")
-    p.add_argument("--num-layers", type=_positive, help="pixel models: number of layers/blocks")
-    p.add_argument("--num-mixtures", type=_positive, help="logistic-mixture: components per pixel")
-    p.add_argument(
-        "--context",
-        choices=("vector", "map", "both"),
-        help="pixelvae: how z conditions the PixelCNN decoder",
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-download", action="store_true", help="never try to download data")
+    add_config_arguments(p.add_argument_group("training"), {"train": TrainConfig}, TRAIN_DEST)
+    add_config_arguments(
+        p.add_argument_group("model (keys of each model's config)"),
+        # the VAE first: its comments document the keys it shares with the others
+        dict(sorted(config_classes().items(), key=lambda kv: (kv[0] != "vae", kv[0]))),
+        MODEL_DEST,
+        skip=("image_shape", "guide_options"),
     )
-    p.add_argument("--num-components", type=_positive, help="components of the mixture guide")
-    p.add_argument(
-        "--prior-components", type=_positive, help="GMVAE clusters / VampPrior pseudo-inputs"
-    )
-    p.add_argument("--flow-steps", type=_positive, help="IAF steps of the iaf guide")
-    p.add_argument("--rank", type=_positive, help="rank of the low-rank guide")
-    p.add_argument("--num-classes", type=_positive, help="classes per code (categorical guide)")
-    p.add_argument("--temperature", type=float, help="Gumbel-softmax temperature (categorical)")
-    p.add_argument(
-        "--straight-through",
-        action="store_const",
-        const=True,
-        help="categorical guide: hard samples in the forward pass during training",
+    add_config_arguments(
+        p.add_argument_group("guide options (nested under --guide)"),
+        {f"guide {name}": cls.Options for name, cls in _FAMILIES.items()},
+        GUIDE_DEST,
     )
     p.add_argument(
         "--set",
@@ -127,50 +102,24 @@ def _add_train(sub) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other model config key, e.g. --set gaussian_scale=0.1",
+        help="any model config key (e.g. --set gaussian_scale=0.1), or guide.KEY for a guide "
+        "option (e.g. --set guide.rank=4)",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer (adam)")
-    p.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default="auto",
-        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); iwae: "
-        "RenyiELBO(alpha=0) over --num-particles; enum: TraceEnum_ELBO (discrete sites summed "
-        "out); auto (default): enum for the GMVAE, meanfield for categorical codes, else elbo",
-    )
-    p.add_argument(
-        "--num-particles", type=_positive, default=1, help="ELBO particles; K for iwae (1)"
-    )
-    p.add_argument("--beta", type=float, default=1.0, help="KL weight (1.0; beta-VAE if > 1)")
-    p.add_argument(
-        "--anneal-epochs",
-        type=float,
-        default=0.0,
-        help="linear KL annealing from 0 to beta over this many epochs (0: off)",
-    )
-    p.add_argument(
-        "--free-bits",
-        type=float,
-        default=0.0,
-        help="KL floor in nats per latent dimension against posterior collapse (0: off)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-download", action="store_true", help="never try to download data")
     p.set_defaults(func=cmd_train)
 
 
 def _model_config(args) -> dict:
-    config = dict(args.set)
-    keys = ("guide", "latent_dim", "likelihood", "network", "hidden_dims", "prior",
-            "num_components", "prior_components", "flow_steps", "rank", "num_classes",
-            "temperature", "straight_through", "hidden_channels", "num_layers",
-            "num_mixtures", "context")  # fmt: skip
-    for key in keys:
-        value = getattr(args, key)
-        if value is not None:
+    """The model config keys given on the command line, guide options nested."""
+    from .configargs import given
+
+    config, options = given(args, MODEL_DEST), given(args, GUIDE_DEST)
+    for key, value in args.set:
+        if key.startswith("guide."):
+            options[key.removeprefix("guide.")] = value
+        else:
             config[key] = value
+    if options:
+        config["guide_options"] = {**config.get("guide_options", {}), **options}
     return config
 
 
@@ -185,33 +134,26 @@ def _print_epoch(row: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from .infer import TrainConfig
+    from .configargs import given
+    from .registry import config_keys
     from .runs import train_run
 
     if not args.resume and (args.model is None or args.dataset is None):
         raise ValueError("train needs --model and --dataset (or --resume with an existing --out)")
-    config = TrainConfig(
-        epochs=args.epochs or 10,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        objective=args.objective,
-        num_particles=args.num_particles,
-        beta=args.beta,
-        anneal_epochs=args.anneal_epochs,
-        free_bits=args.free_bits,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    if args.resume and args.epochs is None:
+    train_config = given(args, TRAIN_DEST)
+    if args.resume and "epochs" not in train_config:
         raise ValueError("--resume needs --epochs, the total number of epochs to reach")
+    model_config = _model_config(args)
+    if "guide_options" in model_config and not args.resume:
+        if "guide_options" not in config_keys(args.model):
+            names = ", ".join(sorted(model_config["guide_options"]))
+            raise ValueError(f"{names}: guide options, but model {args.model!r} has no guide")
     _, metrics = train_run(
         args.model,
         args.dataset,
         args.out,
-        model_config=_model_config(args),
-        train_config=config,
+        model_config=model_config,
+        train_config=train_config,
         data_dir=args.data_dir,
         limit=args.limit,
         binarization=args.binarization,

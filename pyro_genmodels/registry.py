@@ -44,6 +44,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def config_classes() -> dict[str, type]:
+    """``{model name: config dataclass}`` for every registered model."""
+    return {name: _REGISTRY[name][1] for name in list_models()}
+
+
 def config_keys(name: str) -> list[str]:
     """The config keys that model ``name`` accepts."""
     return [f.name for f in dataclasses.fields(_lookup(name)[1])]
@@ -69,8 +74,15 @@ def create_model(name: str, **config: Any) -> Any:
         ``likelihood="bernoulli"``, ``latent_dim=50``, ``guide="diagonal"``.
     :raises ValueError: for an unknown name or key, listing the valid ones.
     """
-    cls, _ = _lookup(name)
-    return cls(make_config(name, **config))
+    return model_from_config(name, make_config(name, **config))
+
+
+def model_from_config(name: str, config: Any) -> Any:
+    """Create model ``name`` from a config already built by :func:`make_config`."""
+    cls, config_cls = _lookup(name)
+    if not isinstance(config, config_cls):
+        raise TypeError(f"model {name!r} takes a {config_cls.__name__}, got {type(config)}")
+    return cls(config)
 
 
 def _lookup(name: str) -> tuple[type, type]:

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data import load_dataset
-from .distributions import LIKELIHOOD_DATA_FORMATS
+from .data import ImageDataset, load_dataset, load_raw
+from .distributions import LIKELIHOODS
 from .infer import (
     CheckpointError,
     TrainConfig,
@@ -31,13 +31,15 @@ from .infer import (
     resolve_device,
 )
 from .infer.train import BEST_NAME, CHECKPOINT_NAME
-from .registry import create_model, make_config
+from .models import family_options
+from .registry import create_model, make_config, model_from_config
 
-
-def _data_format(model_name: str, model_config: dict) -> str:
-    """The data representation the model's likelihood scores."""
-    likelihood = make_config(model_name, **model_config).likelihood
-    return LIKELIHOOD_DATA_FORMATS[likelihood]
+#: training settings that ``resume`` may change; the rest come from the checkpoint
+RESUMABLE = ("epochs", "device", "progress")
+#: guide options that checkpoints of version 0.1.0 hold flat in the model config
+_FLAT_GUIDE_OPTIONS = (
+    "num_components", "rank", "flow_steps", "num_classes", "temperature", "straight_through"
+)  # fmt: skip
 
 
 def build_model(model_name: str, image_shape, **model_config: Any):
@@ -45,12 +47,37 @@ def build_model(model_name: str, image_shape, **model_config: Any):
     return create_model(model_name, image_shape=tuple(image_shape), **model_config)
 
 
+def upgrade_model_config(model_config: dict) -> dict:
+    """A stored model config in today's layout: guide options nested under the guide."""
+    config = dict(model_config)
+    flat = {k: config.pop(k) for k in _FLAT_GUIDE_OPTIONS if k in config}
+    if flat and "guide" in config:
+        valid = family_options(config["guide"]).__dataclass_fields__
+        config["guide_options"] = {k: v for k, v in flat.items() if k in valid}
+    return config
+
+
+def _resumed_train_config(saved: dict, train_config: TrainConfig | dict | None) -> TrainConfig:
+    """The checkpoint's training settings with the changes ``resume`` allows."""
+    if isinstance(train_config, TrainConfig):
+        changes = {k: getattr(train_config, k) for k in RESUMABLE}
+    else:
+        changes = dict(train_config or {})
+        fixed = sorted(set(changes) - set(RESUMABLE))
+        if fixed:
+            raise ValueError(
+                f"resume continues the checkpoint's training settings; only "
+                f"{', '.join(RESUMABLE)} may change (got {', '.join(fixed)})"
+            )
+    return TrainConfig(**{**saved, **changes})
+
+
 def train_run(
     model_name: str,
     dataset: str,
     out: str | Path,
     model_config: dict | None = None,
-    train_config: TrainConfig | None = None,
+    train_config: TrainConfig | dict | None = None,
     data_dir: str | Path | None = None,
     limit: int | None = None,
     binarization: str = "static",
@@ -60,22 +87,25 @@ def train_run(
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``model_name`` on ``dataset`` and keep everything in the run directory ``out``.
 
+    :param model_config: config keys of the model (not ``image_shape``: the data's).
+    :param train_config: a :class:`TrainConfig`, or a dict of its keys.
+
     With ``resume``, the model, data and training settings come from the checkpoint;
-    only ``train_config.epochs`` (the target epoch count) and the device may change.
+    only the keys in :data:`RESUMABLE` (``epochs``: the total to reach) may change.
     """
     out = Path(out)
     ckpt_path = out / CHECKPOINT_NAME
+    model_config = dict(model_config or {})
     if resume:
+        if model_config:
+            raise ValueError(
+                f"resume rebuilds the model from {ckpt_path}; drop the model settings "
+                f"({', '.join(sorted(model_config))})"
+            )
         ckpt = load_checkpoint(ckpt_path)
         meta = ckpt["metadata"]
-        saved = TrainConfig(**ckpt["train_config"])
-        epochs = train_config.epochs if train_config else saved.epochs
-        device = train_config.device if train_config else saved.device
-        progress = train_config.progress if train_config else saved.progress
-        train_config = TrainConfig(
-            **{**ckpt["train_config"], "epochs": epochs, "device": device, "progress": progress}
-        )
-        model_name, model_config = meta["model"], meta["model_config"]
+        train_config = _resumed_train_config(ckpt["train_config"], train_config)
+        model_name, model_config = meta["model"], upgrade_model_config(meta["model_config"])
         data = meta["data"]
         dataset, limit, binarization = data["dataset"], data["limit"], data["binarization"]
         data_dir = data_dir if data_dir is not None else data.get("data_dir")
@@ -84,14 +114,20 @@ def train_run(
             f"{out} already holds a checkpoint; pass --resume to continue it "
             "or choose another --out"
         )
+    elif isinstance(train_config, dict):
+        train_config = TrainConfig(**train_config)
     train_config = train_config or TrainConfig()
-    model_config = dict(model_config or {})
-    fmt = _data_format(model_name, model_config)
+    if "image_shape" in model_config:
+        raise ValueError("image_shape comes from the data set; leave it out of the model config")
     binarization = binarization or "static"
-    train = load_dataset(dataset, "train", fmt, binarization, data_dir, limit, download)
+    raw_train = load_raw(dataset, "train", data_dir, download)
+    # the config is built once: it names the likelihood, which picks the data representation
+    config = make_config(model_name, image_shape=raw_train.image_shape, **model_config)
+    fmt = LIKELIHOODS[config.likelihood].data_format
+    train = ImageDataset(raw_train, fmt, binarization).subset(limit)
     valid = load_dataset(dataset, "valid", fmt, binarization, data_dir, None, download)
     torch.manual_seed(train_config.seed)  # the initial weights follow the seed
-    module = build_model(model_name, train.image_shape, **model_config)
+    module = model_from_config(model_name, config)
     metadata = {
         "model": model_name,
         "model_config": {k: v for k, v in module.config_dict().items() if k != "image_shape"},
@@ -164,7 +200,8 @@ def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> R
     ckpt = load_checkpoint(run_dir / name, map_location=device)
     try:
         meta = ckpt["metadata"]
-        module = build_model(meta["model"], meta["image_shape"], **meta["model_config"])
+        model_config = upgrade_model_config(meta["model_config"])
+        module = build_model(meta["model"], meta["image_shape"], **model_config)
         module.load_state_dict(ckpt["module_state"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{run_dir} holds a checkpoint this version cannot use: {e}") from e

@@ -108,7 +108,7 @@ def test_guide_families_from_the_command_line(extra, tmp_path, capsys):
     r = json.loads((out / "e.json").read_text())
     assert code == 0 and r["guide"] == extra[1] and math.isfinite(r["nll"]) and r["kl"] >= -0.5
     row = json.loads((out / "metrics.jsonl").read_text())
-    assert row["objective"] == {"iaf": "iwae", "gmvae": "enum", "categorical": "meanfield",
+    assert row["objective"] == {"iaf": "iwae", "gmvae": "enum", "categorical": "elbo",
                                 "mixture": "elbo"}[extra[1]]  # fmt: skip
 
 
@@ -212,7 +212,7 @@ def test_bad_arguments(tmp_path, trained_run, capsys):
     code, _, err = run(
         capsys, "train", "--model", "vae", "--dataset", "digits", "--out", tmp_path, "--epochs", "0"
     )
-    assert_one_line_error(code, err, "expected a positive integer")
+    assert_one_line_error(code, err, "epochs must be a positive integer, got 0")
     code, _, err = run(capsys, "sample", trained_run, "--num", 4, "--out", tmp_path / "x.jpg")
     assert_one_line_error(code, err, "must be a .png")
     code, _, err = run(capsys, "train", "--out", tmp_path / "r")

@@ -35,9 +35,13 @@ def relaxed_one_hot(logits: torch.Tensor, temperature: float, straight_through: 
         relaxed sample behind them.
     """
     t = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
-    if straight_through:
-        return dist.RelaxedOneHotCategoricalStraightThrough(t, logits=logits)
-    return RelaxedOneHotCategorical(t, logits=logits)
+    # unvalidated: a clamped float32 sample can miss the simplex's sum-to-one check by ~1e-6
+    cls = (
+        dist.RelaxedOneHotCategoricalStraightThrough
+        if straight_through
+        else RelaxedOneHotCategorical
+    )
+    return cls(t, logits=logits, validate_args=False)
 
 
 def uniform_one_hot(

@@ -7,7 +7,8 @@ For each example :math:`x_n` and :math:`z_k \sim q(z \mid x_n)`:
     \log \hat p(x_n) = \log \frac{1}{K} \sum_{k=1}^K \frac{p(x_n, z_k)}{q(z_k \mid x_n)}
 
 Every sample site of the pair must live in ``pyro.plate("data", N)`` (no subsampling).
-Particles are vectorized with an outer plate and chunked over K (combined with logsumexp), so K = 5000 runs in bounded memory.
+Particles are vectorized with an outer plate and chunked over K (combined with
+logsumexp), so K = 5000 runs in bounded memory.
 
 Sites are handled as follows:
 

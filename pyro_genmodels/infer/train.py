@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyro
 import torch
@@ -73,9 +73,12 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
     }
 
 
+Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum"]
+Optimizer = Literal["adam", "clipped-adam"]
+Device = Literal["auto", "cpu", "cuda"]
 #: "auto" asks the module (``module.default_objective``), else uses "elbo"
-OBJECTIVES = ("auto", *_elbo_objectives())
-OPTIMIZERS = ("adam", "clipped-adam")
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 def make_elbo(
@@ -122,32 +125,35 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training data
-    batch_size: int = 128
+    epochs: int = 10  # passes over the training data (with --resume: the total to reach)
+    batch_size: int = 128  # minibatch size
     lr: float = 1e-3  # learning rate
-    optimizer: str = "adam"  # "adam" | "clipped-adam" (Pyro's, per-parameter norm clipping)
+    optimizer: Optimizer = "adam"  # clipped-adam: Pyro's, with per-parameter norm clipping
     clip_norm: float = 10.0  # clipped-adam only
-    objective: str = "auto"  # "elbo" | "meanfield" | "iwae" | "enum"; auto: the model's choice
+    objective: Objective = "auto"  # iwae: K = num_particles; auto: the model's choice
     num_particles: int = 1  # particles per ELBO estimate (vectorized); K for "iwae"
     beta: float = 1.0  # KL weight (beta-VAE)
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
     free_bits: float = 0.0  # KL floor in nats per latent dimension (0: off); elbo objective
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    valid_batch_size: int = 500
-    validate: bool = True  # Pyro's argument and shape checks (False: ~10% faster steps)
+    seed: int = 0  # random seed (initial weights, batches, samples)
+    device: Device = "auto"  # auto: CUDA when available, else CPU
+    valid_batch_size: int = 500  # images per validation batch
+    validate: bool = True  # Pyro's argument and shape checks (off: ~10% faster steps)
     progress: bool = True  # tqdm progress bar with the running loss
 
     def __post_init__(self):
+        if self.device not in get_args(Device):
+            raise ValueError(f"unknown device {self.device!r}; valid: {get_args(Device)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
         if self.objective != "auto":
             make_elbo(self.objective, self.num_particles)  # validates both
         elif int(self.num_particles) < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
-        for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < (0 if key == "epochs" else 1):
-                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("epochs", "batch_size", "num_particles", "valid_batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.lr > 0:
@@ -282,6 +288,7 @@ class Trainer:
         on_epoch_end: Callable[[dict], None] | None = None,
     ) -> list[dict]:
         """Train until ``config.epochs`` epochs are complete; returns the per-epoch metrics.
+        The module is left in eval mode, ready to be scored.
 
         :param train_data: a tensor of images, or a Dataset indexed by lists of indices
             that returns a batch (e.g. :class:`pyro_genmodels.data.ImageDataset`).
@@ -312,6 +319,7 @@ class Trainer:
             self.save(best=best)
             if on_epoch_end is not None:
                 on_epoch_end(row)
+        self.module.eval()  # scored as trained: exact discrete codes, no dropout
         return self.metrics
 
     def _train_epoch(self, train_data: Dataset, steps_per_epoch: int) -> dict:

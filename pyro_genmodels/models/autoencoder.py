@@ -10,6 +10,7 @@ negative log-likelihood.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pyro
 import torch
@@ -27,10 +28,10 @@ class AutoencoderConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     likelihood: str = "bernoulli"  # the reconstruction loss: bernoulli, gaussian, ...
     latent_dim: int = 50  # size of the code
-    network: str = "mlp"  # "mlp" | "conv"
+    network: Literal["mlp", "conv"] = "mlp"  # encoder/decoder (conv: H, W divisible by 4)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
-    gaussian_scale: float | None = None
-    num_mixtures: int = 5
+    gaussian_scale: float | None = None  # gaussian only: fixed std, or None to learn it
+    num_mixtures: int = 5  # likelihood="logistic-mixture": components per pixel
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:

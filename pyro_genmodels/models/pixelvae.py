@@ -12,6 +12,7 @@ trainer).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pyro
 import torch
@@ -33,7 +34,7 @@ class PixelVAEConfig(VAEConfig):
     latent_dim: int = 32  # size of z
     hidden_channels: int = 32  # Gated PixelCNN feature maps
     num_layers: int = 2  # gated layers: shallow, so that z is used
-    context: str = "both"  # z enters as a "vector", a spatial "map", or "both"
+    context: Literal["vector", "map", "both"] = "both"  # how z conditions the PixelCNN
     context_dim: int = 64  # size of the conditioning vector computed from z
     map_channels: int = 8  # channels of the conditioning map computed from z
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyro
 import torch
@@ -27,12 +27,12 @@ from .priors import PRIORS, Prior, make_prior
 @dataclass
 class VAEConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
-    likelihood: str = "bernoulli"  # "bernoulli" | "gaussian" | "categorical" | "logistic-mixture"
+    likelihood: str = "bernoulli"  # p(x|z): bernoulli, gaussian, categorical, logistic-mixture
     latent_dim: int = 50  # size of z (number of one-hot codes for guide="categorical")
     guide: str = "diagonal"  # posterior family, see pyro_genmodels.models.list_families()
     guide_options: Any = field(default_factory=dict)  # the family's Options, e.g. {"rank": 4}
     prior: str = "auto"  # "standard" | "mixture" | "vamp" | "categorical"; auto: the family's
-    network: str = "mlp"  # encoder/decoder: "mlp" | "conv" (H, W divisible by 4)
+    network: Literal["mlp", "conv"] = "mlp"  # encoder/decoder (conv: H, W divisible by 4)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
     gaussian_scale: float | None = None  # gaussian only: fixed std, or None to learn it
     prior_components: int = 10  # prior="mixture" (GMVAE clusters) or "vamp" (pseudo-inputs)
