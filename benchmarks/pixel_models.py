@@ -56,7 +56,10 @@ def main() -> None:
         start = time.perf_counter()
         samples = run.module.sample(16)
         sample_seconds = time.perf_counter() - start
-        plot_images(samples, out / f"{name}-samples.png", title=f"{name} samples")
+        plot_images(
+            samples, out / f"{name}-samples.png", title=f"{name} samples",
+            value_range=run.module.likelihood.value_range,
+        )  # fmt: skip
         params = sum(p.numel() for p in run.module.parameters())
         row = {
             "model": name,

@@ -40,6 +40,28 @@ def _key_value(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), parsed
 
 
+def _writable_output(path: str, suffix: str | None = None) -> Path:
+    """Check before any work that ``path`` can be written (its folder is made if missing).
+
+    :raises ValueError: a wrong suffix, a folder at ``path``, or a folder that cannot be
+        created or written to.
+    """
+    import tempfile
+
+    out = Path(path)
+    if suffix and out.suffix.lower() != suffix:
+        raise ValueError(f"--out must be a {suffix} file, got {path!r}")
+    if out.is_dir():
+        raise ValueError(f"{path} is a directory, not a file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+    return out
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -231,8 +253,10 @@ def _summary(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from .infer.checkpoint import write_text_atomic
     from .runs import evaluate_run
 
+    json_path = _writable_output(args.json) if args.json else None  # fail before the work
     result = evaluate_run(
         args.run_dir,
         num_samples=args.num_samples,
@@ -248,9 +272,8 @@ def cmd_evaluate(args) -> int:
         which=args.checkpoint,
     )
     print(_summary(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if json_path is not None:
+        write_text_atomic(json.dumps(result, indent=2) + "\n", json_path)
     return 0
 
 
@@ -279,14 +302,13 @@ def cmd_sample(args) -> int:
     from .plots import plot_images
     from .runs import load_run
 
-    if not args.out.lower().endswith(".png"):
-        raise ValueError(f"--out must be a .png file, got {args.out!r}")
+    _writable_output(args.out, ".png")
     run = load_run(args.run_dir, args.device)
     torch.manual_seed(args.seed)
     kwargs = {"mean": True} if args.mean else {}
     images = run.module.sample(args.num, **kwargs)
     title = f"{run.model_name}: {args.num} {'means' if args.mean else 'samples'}"
-    plot_images(images, args.out, title=title)
+    plot_images(images, args.out, title=title, value_range=run.module.likelihood.value_range)
     print(f"wrote {args.out}")
     return 0
 
@@ -339,8 +361,7 @@ def cmd_plot(args) -> int:
     from . import plots
     from .runs import load_run
 
-    if not args.out.lower().endswith(".png"):
-        raise ValueError(f"--out must be a .png file, got {args.out!r}")
+    _writable_output(args.out, ".png")
     run = load_run(args.run_dir, args.device, args.checkpoint)
     torch.manual_seed(args.seed)
     module, kind = run.module, args.kind
@@ -359,7 +380,10 @@ def cmd_plot(args) -> int:
         data = run.dataset(args.split, args.dataset, args.data_dir, limit)
         x = data.fixed()
         if kind == "reconstructions":
-            plots.plot_reconstructions(x, module.reconstruct(x.to(module.device)).cpu(), args.out)
+            x_rec = module.reconstruct(x.to(module.device)).cpu()
+            plots.plot_reconstructions(
+                x, x_rec, args.out, value_range=module.likelihood.value_range
+            )
             print(f"wrote {args.out}")
             return 0
         z = torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
@@ -414,15 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     import matplotlib
+    import pyro
 
     matplotlib.use("Agg")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with pyro.settings.context(module_local_params=True):  # parameters live in modules
+            return args.func(args)
     except KeyboardInterrupt:
-        where = getattr(args, "out", None)
-        hint = f"; the last complete epoch is checkpointed in {where} (continue with --resume)"
-        print(f"pyro-genmodels: interrupted{hint if where else ''}", file=sys.stderr)
+        hint = ""
+        if args.command == "train":  # only train's --out is a run directory with a checkpoint
+            hint = (
+                f"; the last complete epoch is checkpointed in {args.out} (continue with --resume)"
+            )
+        print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         if os.environ.get("PYRO_GENMODELS_DEBUG"):

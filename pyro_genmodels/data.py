@@ -1,6 +1,6 @@
 """Image data sets by name, their splits, and the representation a likelihood needs.
 
-Data sets (contract item 6): ``digits`` (scikit-learn's 8x8 digits, embedded,
+Data sets: ``digits`` (scikit-learn's 8x8 digits, embedded,
 always available offline), ``mnist``, ``binarized-mnist`` (the static
 Larochelle & Murray binarization) and ``fashion-mnist``.
 

@@ -14,30 +14,31 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torchvision.utils import make_grid
 
 
-def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    images = images.detach().float().cpu()
-    return images / 255.0 if images.max() > 1.0 else images
+def image_grid(
+    images: torch.Tensor,
+    nrow: int | None = None,
+    pad: int = 1,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` into one array with ``torchvision.utils.make_grid``.
 
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images ``(N, C, H, W)`` (values in [0, 1] or grey levels 0..255) into one array.
-
-    :returns: ``(rows*H', cols*W')`` for one channel, ``(..., 3)`` for RGB.
+    :param nrow: images per row (default: about the square root of N).
+    :param value_range: the values shown black and white: ``(0, 1)`` for binary images and
+        probabilities, ``(0, 255)`` for grey levels (a model's ``likelihood.value_range``).
+    :returns: ``(rows*H', cols*W')`` in [0, 1] for one channel, ``(..., 3)`` for RGB.
     """
     if images.dim() != 4:
         raise ValueError(f"expected images (N, C, H, W), got shape {tuple(images.shape)}")
-    x = _to_unit(images).clamp(0, 1)
-    n, c, h, w = x.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top : top + h, left : left + w] = x[i]
-    return grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    low, high = (float(v) for v in value_range)
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+    x = ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+    nrow = nrow or math.ceil(math.sqrt(len(x)))
+    grid = make_grid(x, nrow=nrow, padding=pad, pad_value=1.0)  # (3, H', W') for grey too
+    return grid[0].numpy() if x.shape[1] == 1 else grid.permute(1, 2, 0).numpy()
 
 
 def _finish(fig, path: str | Path | None):
@@ -55,9 +56,15 @@ def _show(ax, grid: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title)
 
 
-def plot_images(images: torch.Tensor, path=None, title: str | None = None, nrow: int | None = None):
-    """A grid of images (samples, data)."""
-    grid = image_grid(images, nrow)
+def plot_images(
+    images: torch.Tensor,
+    path=None,
+    title: str | None = None,
+    nrow: int | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+):
+    """A grid of images (samples, data); see :func:`image_grid` for ``value_range``."""
+    grid = image_grid(images, nrow, value_range=value_range)
     fig, ax = plt.subplots(
         figsize=(min(12, 1 + grid.shape[1] / 30), min(12, 1 + grid.shape[0] / 30))
     )
@@ -65,11 +72,17 @@ def plot_images(images: torch.Tensor, path=None, title: str | None = None, nrow:
     return _finish(fig, path)
 
 
-def plot_reconstructions(x: torch.Tensor, x_rec: torch.Tensor, path=None, nrow: int | None = None):
+def plot_reconstructions(
+    x: torch.Tensor,
+    x_rec: torch.Tensor,
+    path=None,
+    nrow: int | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+):
     """Inputs (left) next to their reconstructions (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    _show(axes[0], image_grid(x, nrow), "inputs")
-    _show(axes[1], image_grid(x_rec, nrow), "reconstructions")
+    _show(axes[0], image_grid(x, nrow, value_range=value_range), "inputs")
+    _show(axes[1], image_grid(x_rec, nrow, value_range=value_range), "reconstructions")
     return _finish(fig, path)
 
 
@@ -105,7 +118,8 @@ def plot_latent_manifold(module, n: int = 20, path=None, bound: float = 0.95):
     z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
     images = module.decode(z)
     fig, ax = plt.subplots(figsize=(7, 7))
-    _show(ax, image_grid(images, n, pad=0), "decoded grid of z (inverse normal CDF)")
+    grid = image_grid(images, n, pad=0, value_range=module.likelihood.value_range)
+    _show(ax, grid, "decoded grid of z (inverse normal CDF)")
     return _finish(fig, path)
 
 
@@ -142,7 +156,8 @@ def plot_traversals(
         z[row, :, dim] = values
     images = module.decode(z.reshape(-1, d))
     fig, ax = plt.subplots(figsize=(steps * 0.8, len(dims) * 0.8))
-    _show(ax, image_grid(images, steps), f"traversals of z dims {dims} over [-{span}, {span}]")
+    grid = image_grid(images, steps, value_range=module.likelihood.value_range)
+    _show(ax, grid, f"traversals of z dims {dims} over [-{span}, {span}]")
     return _finish(fig, path)
 
 

@@ -236,6 +236,8 @@ def evaluate_images(
         (real latents: dimensions whose q(z|x) mean has variance > 0.01 over ``x``) and, if
         ``prior_samples``, the naive prior-sampling estimate ``prior_nll``.
     """
+    if len(x) == 0:
+        raise ValueError("no images to evaluate")
     device = module.device
     offset = module.likelihood.nll_offset()
     num_dims = math.prod(module.image_shape)

@@ -14,7 +14,7 @@ def test_image_grid_places_each_image():
         r, c = divmod(i, 3)
         block = grid[1 + r * 3 : 1 + r * 3 + 2, 1 + c * 4 : 1 + c * 4 + 3]
         assert (block == i / 10).all()
-    levels = plots.image_grid(torch.full((1, 1, 2, 2), 255.0), pad=0)
+    levels = plots.image_grid(torch.full((1, 1, 2, 2), 255.0), pad=0, value_range=(0, 255))
     assert (levels == 1.0).all()  # grey levels are scaled to [0, 1]
 
 

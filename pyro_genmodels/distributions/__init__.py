@@ -1,8 +1,6 @@
 """Image likelihoods as distributions over whole images (event_shape ``(C, H, W)``)."""
 
 from .likelihoods import (
-    DATA_FORMATS,
-    LIKELIHOOD_DATA_FORMATS,
     LIKELIHOODS,
     BernoulliLikelihood,
     CategoricalLikelihood,
@@ -14,8 +12,6 @@ from .likelihoods import (
 from .logistic_mixture import DiscretizedLogisticMixture
 
 __all__ = [
-    "DATA_FORMATS",
-    "LIKELIHOOD_DATA_FORMATS",
     "LIKELIHOODS",
     "BernoulliLikelihood",
     "CategoricalLikelihood",

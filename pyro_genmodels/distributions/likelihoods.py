@@ -19,9 +19,6 @@ from torch import nn
 from . import logistic_mixture
 from .logistic_mixture import NUM_LEVELS
 
-#: Data representations a likelihood can model (see :mod:`pyro_genmodels.data`).
-DATA_FORMATS = ("binary", "dequantized", "levels")
-
 
 class Likelihood(nn.Module):
     """Base class. Subclasses set :attr:`name`, :attr:`data_format`, :attr:`num_params`.
@@ -34,6 +31,8 @@ class Likelihood(nn.Module):
     data_format: str = ""
     #: decoder output channels per image channel
     num_params: int = 1
+    #: the values of black and white in this representation (for figures)
+    value_range: tuple[float, float] = (0.0, 1.0)
     #: autoregressive models: parameters of channel c may see channels < c of the same
     #: pixel (channel-aware masks); False when a pixel's channels are modelled jointly
     channel_aware: bool = True
@@ -175,6 +174,7 @@ class _LevelsLikelihood(Likelihood):
     """Shared by the 256-level likelihoods: integer grey levels 0..255 stored as float."""
 
     data_format = "levels"
+    value_range = (0.0, 255.0)
 
     def is_valid(self, x: torch.Tensor) -> bool:
         return bool(((x >= 0) & (x <= 255) & (x == torch.round(x))).all())
@@ -243,15 +243,6 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
     GaussianLikelihood.name: GaussianLikelihood,
     CategoricalLikelihood.name: CategoricalLikelihood,
     LogisticMixtureLikelihood.name: LogisticMixtureLikelihood,
-}
-
-
-#: the data representation each likelihood name scores (pixel likelihoods included)
-LIKELIHOOD_DATA_FORMATS = {
-    "bernoulli": "binary",
-    "gaussian": "dequantized",
-    "categorical": "levels",
-    "logistic-mixture": "levels",
 }
 
 

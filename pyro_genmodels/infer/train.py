@@ -299,6 +299,8 @@ class Trainer:
             train_data = _TensorBatches(train_data)
         if len(train_data) == 0:
             raise ValueError("the training set is empty")
+        if valid_data is not None and len(valid_data) == 0:
+            raise ValueError("the validation set is empty (pass valid_data=None to skip it)")
         if resume:
             if self.checkpoint_path is None:
                 raise ValueError("resume needs a run_dir")
@@ -402,6 +404,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self, valid_data: torch.Tensor) -> dict:
         """Validation ELBO and KL per image (beta = 1, no annealing), in nats."""
+        if len(valid_data) == 0:
+            raise ValueError("the validation set is empty")
         self.module.eval()
         elbo, kl, n = 0.0, 0.0, 0
         for start in range(0, len(valid_data), self.config.valid_batch_size):
