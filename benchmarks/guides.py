@@ -27,14 +27,16 @@ CONFIGS = [
     ("diagonal, meanfield (analytic KL)", {"guide": "diagonal"}, "meanfield", 1),
     ("diagonal, IWAE k=5", {"guide": "diagonal"}, "iwae", 5),
     ("full-rank", {"guide": "full-rank"}, "elbo", 1),
-    ("low-rank (rank 2)", {"guide": "low-rank", "rank": 2}, "elbo", 1),
-    ("mixture (4 components)", {"guide": "mixture", "num_components": 4}, "elbo", 1),
-    ("iaf (2 steps)", {"guide": "iaf", "flow_steps": 2}, "elbo", 1),
+    ("low-rank (rank 2)", {"guide": "low-rank", "guide_options": {"rank": 2}}, "elbo", 1),
+    ("mixture (4 components)", {"guide": "mixture", "guide_options": {"num_components": 4}},
+     "elbo", 1),
+    ("iaf (2 steps)", {"guide": "iaf", "guide_options": {"flow_steps": 2}}, "elbo", 1),
     ("diagonal, VampPrior (50)", {"guide": "diagonal", "prior": "vamp", "prior_components": 50},
      "elbo", 1),
     ("gmvae (10 clusters, enumerated)", {"guide": "gmvae", "prior_components": 10}, "enum", 1),
     ("categorical (30 codes x 10, Gumbel-softmax)",
-     {"guide": "categorical", "latent_dim": 30, "num_classes": 10}, "meanfield", 1),
+     {"guide": "categorical", "latent_dim": 30, "guide_options": {"num_classes": 10}},
+     "meanfield", 1),
 ]  # fmt: skip
 
 

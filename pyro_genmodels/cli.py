@@ -411,12 +411,16 @@ def _add_list(sub) -> None:
 def cmd_list(args) -> int:
     from . import list_models
     from .data import DATASETS
-    from .models import list_families
+    from .models import family_options, list_families
     from .registry import config_keys
 
     for name in list_models():
         print(f"model {name}: config keys {', '.join(config_keys(name))}")
-    print(f"guide families: {', '.join(list_families())}")
+    families = []
+    for name in list_families():
+        options = list(family_options(name).__dataclass_fields__)
+        families.append(f"{name} ({', '.join(options)})" if options else name)
+    print(f"guide families (options nested under the guide): {', '.join(families)}")
     print(f"datasets: {', '.join(DATASETS)}")
     return 0
 

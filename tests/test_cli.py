@@ -228,5 +228,6 @@ def test_console_script_runs(tmp_path):
     exe = [sys.executable, "-m", "pyro_genmodels.cli"]
     ok = subprocess.run(exe + ["list"], capture_output=True, text=True)
     assert ok.returncode == 0 and "model vae" in ok.stdout
+    assert "low-rank (rank), mixture (num_components)" in ok.stdout  # options per family
     bad = subprocess.run(exe + ["evaluate", str(tmp_path / "none")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -1,9 +1,23 @@
-"""One-hot codes: Pyro's relaxed (Gumbel-softmax / Concrete) and exact distributions.
+"""One-hot codes trained with the Gumbel-softmax estimator (Jang et al. 2017).
 
 A categorical code is relaxed in training mode and exact in eval mode; the module
 that owns it chooses by its ``training`` flag (see the ``categorical`` posterior
-family and prior), so plain ``pyro.infer.SVI`` trains it and evaluation scores the
-discrete model. Nothing here is global state.
+family), so plain ``pyro.infer.SVI`` trains it and evaluation scores the discrete
+model. Nothing here is global state.
+
+In training mode q(z | x) is :class:`GumbelSoftmax` (or
+:class:`GumbelSoftmaxStraightThrough`): Pyro's relaxed one-hot samplers, whose
+``log_prob`` is the *categorical* log-probability ``sum_k v_k log pi_k``, linear in the
+code v. Against the uniform ``OneHotCategorical`` prior the ELBO's KL term is then the KL
+of the discrete codes (analytic under ``TraceMeanField_ELBO``, registered below), with
+the reconstruction term taken at the relaxed sample: the estimator of Jang et al.
+
+Why not the Concrete density of ``RelaxedOneHotCategorical`` (with a relaxed prior, the
+ELBO of the relaxation, Maddison et al. 2017): measured on binarized MNIST (30 codes x 10,
+10 epochs, K = 5000 on 1000 test images) its KL between two Concrete densities makes the
+codes costly, so the model barely uses them (KL 4.9 nats, NLL 159.8 in log space; KL 1-2
+nats straight-through), where the discrete KL reaches NLL 116.9; and in float32 the simplex
+density of a peaked q underflows, after which its Monte Carlo KL runs to minus infinity.
 """
 
 from __future__ import annotations
@@ -12,51 +26,51 @@ import math
 
 import pyro.distributions as dist
 import torch
-from torch.distributions.utils import clamp_probs
+from torch.distributions.kl import register_kl
 
 
-class RelaxedOneHotCategorical(dist.RelaxedOneHotCategorical):
-    """Pyro's ``RelaxedOneHotCategorical`` whose samples are kept off the simplex's edges.
+class _CategoricalLogProb:
+    """``log_prob(v) = sum_k v_k log pi_k``: exact for one-hot v, linear in relaxed v."""
 
-    In float32 a softmax at a low temperature can return exact zeros, whose log-density
-    is ``-inf``; like Pyro's straight-through variant (which does the same to its soft
-    sample), the sample is passed through ``clamp_probs``.
-    """
+    def log_prob(self, value):
+        return (value * self.logits).sum(-1)  # logits are normalized: log pi
 
-    def rsample(self, sample_shape=torch.Size()):  # noqa: B008 - torch's signature
-        return clamp_probs(super().rsample(sample_shape))
+
+class GumbelSoftmax(_CategoricalLogProb, dist.RelaxedOneHotCategorical):
+    """Pyro's ``RelaxedOneHotCategorical`` sampler (``softmax((logits + g) / temperature)``)
+    with the categorical log-probability (see the module docstring)."""
+
+
+class GumbelSoftmaxStraightThrough(
+    _CategoricalLogProb, dist.RelaxedOneHotCategoricalStraightThrough
+):
+    """Pyro's straight-through sampler (hard one-hot forward, relaxed gradient) with the
+    categorical log-probability, which for its hard samples is exact."""
+
+
+@register_kl(GumbelSoftmax, torch.distributions.OneHotCategorical)  # Pyro's is a subclass
+@register_kl(GumbelSoftmaxStraightThrough, torch.distributions.OneHotCategorical)
+def _kl_gumbel_softmax_one_hot(q, p):
+    """The KL of the discrete codes, KL(Cat(pi_q) || Cat(pi_p))."""
+    return (q.probs * (q.logits - p.logits)).sum(-1)
 
 
 def relaxed_one_hot(logits: torch.Tensor, temperature: float, straight_through: bool = False):
     """The relaxed one-hot categorical over the last dim of ``logits``: event ``(K,)``.
 
-    :param straight_through: Pyro's ``RelaxedOneHotCategoricalStraightThrough``: hard
-        one-hot samples in the forward pass, the relaxed gradient, and a ``log_prob`` of the
-        relaxed sample behind them.
+    Unvalidated: a float32 relaxed sample can miss the simplex's sum-to-one check by ~1e-7.
     """
     t = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
-    # unvalidated: a clamped float32 sample can miss the simplex's sum-to-one check by ~1e-6
-    cls = (
-        dist.RelaxedOneHotCategoricalStraightThrough
-        if straight_through
-        else RelaxedOneHotCategorical
-    )
+    cls = GumbelSoftmaxStraightThrough if straight_through else GumbelSoftmax
     return cls(t, logits=logits, validate_args=False)
 
 
-def uniform_one_hot(
-    ref: torch.Tensor,
-    num_variables: int,
-    num_classes: int,
-    temperature: float | None = None,
-    straight_through: bool = False,
-):
+def uniform_one_hot(ref: torch.Tensor, num_variables: int, num_classes: int, relaxed=False):
     """The uniform prior over ``num_variables`` one-hot codes of ``num_classes``: event (L, K).
 
-    :param temperature: ``None`` for the exact ``OneHotCategorical``, else its relaxation
-        at this temperature (:func:`relaxed_one_hot`).
+    :param relaxed: leave values unvalidated, so that relaxed codes (training mode) can be
+        scored: their log-probability is the constant ``-L log K``, as for one-hot codes.
     """
     logits = ref.new_full((num_variables, num_classes), -math.log(num_classes))
-    if temperature is None:
-        return dist.OneHotCategorical(logits=logits).to_event(1)
-    return relaxed_one_hot(logits, temperature, straight_through).to_event(1)
+    validate = False if relaxed else None
+    return dist.OneHotCategorical(logits=logits, validate_args=validate).to_event(1)

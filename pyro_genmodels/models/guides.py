@@ -309,13 +309,13 @@ class GMVAEPosterior(DiagonalNormal):
 class CategoricalCode(Posterior):
     """``latent_dim`` independent one-hot codes of ``num_classes`` classes: event (L, K).
 
-    In training mode (``module.train()``) q(z | x) is Pyro's ``RelaxedOneHotCategorical``
-    at ``temperature`` (Gumbel-softmax / Concrete; its straight-through variant with
-    ``straight_through``), reparameterized, so plain ``pyro.infer.SVI`` trains the
-    encoder through the reconstruction term; the categorical prior is relaxed alike, so
-    the ELBO is that of the Concrete relaxation (Maddison et al. 2017). In eval mode it
-    is the exact ``OneHotCategorical``, so importance weights and KL are those of the
-    discrete model.
+    In training mode (``module.train()``) q(z | x) is relaxed: Pyro's Gumbel-softmax
+    sampler at ``temperature`` (straight-through with ``straight_through``), reparameterized,
+    so plain ``pyro.infer.SVI`` trains the encoder through the reconstruction term, with the
+    categorical log-probability, so the KL term is that of the discrete codes (Jang et al.
+    2017; :mod:`pyro_genmodels.distributions.relaxed` says why not the Concrete density).
+    In eval mode it is the exact ``OneHotCategorical``, so importance weights and KL are
+    those of the discrete model.
     """
 
     default_prior = "categorical"
@@ -323,7 +323,7 @@ class CategoricalCode(Posterior):
     @dataclass
     class Options:
         num_classes: int = 10  # classes per code
-        temperature: float = 0.5  # of the relaxation in training mode (prior and guide)
+        temperature: float = 0.5  # of the relaxed samples in training mode
         straight_through: bool = False  # training: hard one-hot forward, relaxed gradient
 
         def __post_init__(self):

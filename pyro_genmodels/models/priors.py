@@ -150,55 +150,36 @@ class VampPrior(Prior):
 class UniformCategoricalPrior(Prior):
     """L independent uniform one-hot codes of K classes: event_shape ``(L, K)``.
 
-    In training mode the codes are relaxed at ``temperature`` like the categorical
-    posterior family (so the training ELBO is the Concrete relaxation's); in eval mode,
-    and always in :meth:`draw` and :meth:`log_prob`, they are exact.
+    In training mode the categorical posterior family hands it relaxed codes, which it
+    scores like one-hot codes (``-L log K``); see :mod:`pyro_genmodels.distributions.relaxed`.
     """
 
     name = "categorical"
 
-    def __init__(
-        self,
-        num_variables: int,
-        num_classes: int,
-        temperature: float = 0.5,
-        straight_through: bool = False,
-    ):
+    def __init__(self, num_variables: int, num_classes: int):
         super().__init__()
         self.num_variables, self.num_classes = int(num_variables), int(num_classes)
-        self.temperature, self.straight_through = float(temperature), bool(straight_through)
 
     @property
     def event_shape(self) -> torch.Size:
         return torch.Size([self.num_variables, self.num_classes])
 
-    def _exact(self, ref):
-        return uniform_one_hot(ref, self.num_variables, self.num_classes)
-
     def sample_site(self, name, ref, owner=None):
-        if not self.training:
-            return pyro.sample(name, self._exact(ref))
-        relaxed = uniform_one_hot(
-            ref, self.num_variables, self.num_classes, self.temperature, self.straight_through
-        )
-        return pyro.sample(name, relaxed)
+        codes = uniform_one_hot(ref, self.num_variables, self.num_classes, self.training)
+        return pyro.sample(name, codes)
 
     def draw(self, n, ref, owner=None):
-        return self._exact(ref).sample((n,))
+        return uniform_one_hot(ref, self.num_variables, self.num_classes).sample((n,))
 
     def log_prob(self, z, owner=None):
-        return self._exact(z).log_prob(z)
+        return uniform_one_hot(z, self.num_variables, self.num_classes).log_prob(z)
 
 
 PRIORS = ("standard", "mixture", "vamp", "categorical")
 
 
-def make_prior(name: str, latent_dim: int, image_shape, num_components: int, code=None):
-    """Build a prior by name (see :data:`PRIORS`).
-
-    :param code: ``prior="categorical"``: the categorical family's options (``num_classes``,
-        ``temperature``, ``straight_through``), shared by the relaxed prior.
-    """
+def make_prior(name: str, latent_dim: int, image_shape, num_components: int, num_classes=10):
+    """Build a prior by name (see :data:`PRIORS`); ``num_classes``: of categorical codes."""
     if name == "standard":
         return StandardNormalPrior(latent_dim)
     if name == "mixture":
@@ -206,7 +187,5 @@ def make_prior(name: str, latent_dim: int, image_shape, num_components: int, cod
     if name == "vamp":
         return VampPrior(latent_dim, image_shape, num_components)
     if name == "categorical":
-        return UniformCategoricalPrior(
-            latent_dim, code.num_classes, code.temperature, code.straight_through
-        )
+        return UniformCategoricalPrior(latent_dim, num_classes)
     raise ValueError(f"unknown prior {name!r}; valid: {', '.join(PRIORS)}")

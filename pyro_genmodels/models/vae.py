@@ -98,7 +98,7 @@ class VAE(CodeDecoderModel):
             config.latent_dim,
             self.image_shape,
             config.prior_components,
-            config.guide_options,
+            getattr(config.guide_options, "num_classes", None),
         )
         z_size = math.prod(self.prior.event_shape)
         if encoder is None or decoder is None:
@@ -131,7 +131,9 @@ class VAE(CodeDecoderModel):
     @property
     def default_objective(self) -> str:
         """The training objective ``objective="auto"`` picks for this model."""
-        return "enum" if self.requires_enumeration else "elbo"
+        if self.requires_enumeration:
+            return "enum"
+        return "elbo" if self.latent_is_real else "meanfield"  # codes: analytic discrete KL
 
     def _flat(self, z: torch.Tensor) -> torch.Tensor:
         """z with its event dims flattened: the decoder's input ``(..., z_size)``."""
