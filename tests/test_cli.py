@@ -108,7 +108,7 @@ def test_guide_families_from_the_command_line(extra, tmp_path, capsys):
     r = json.loads((out / "e.json").read_text())
     assert code == 0 and r["guide"] == extra[1] and math.isfinite(r["nll"]) and r["kl"] >= -0.5
     row = json.loads((out / "metrics.jsonl").read_text())
-    assert row["objective"] == {"iaf": "iwae", "gmvae": "enum", "categorical": "elbo",
+    assert row["objective"] == {"iaf": "iwae", "gmvae": "enum", "categorical": "meanfield",
                                 "mixture": "elbo"}[extra[1]]  # fmt: skip
 
 
