@@ -1,8 +1,9 @@
-"""Inference: SVI training, importance-weighted log p(x), KL, diagnostics.
+"""Inference: SVI training, importance-weighted and AIS log p(x), BDMC, KL, diagnostics.
 
 This layer consumes any ``(model, guide)`` callables and never imports ``models``.
 """
 
+from .ais import AISEstimate, BDMCResult, ais_estimate, ais_log_marginal, bdmc
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .diagnostics import effective_sample_size, psis_khat
 from .free_bits import FreeBitsELBO
@@ -27,6 +28,11 @@ from .train import (
 )
 
 __all__ = [
+    "AISEstimate",
+    "BDMCResult",
+    "ais_estimate",
+    "ais_log_marginal",
+    "bdmc",
     "OBJECTIVES",
     "CheckpointError",
     "FreeBitsELBO",

@@ -174,39 +174,61 @@ def _contract(model_tr, sites: list, enumerated: list[str]) -> torch.Tensor:
     return packed.unpack(result, model_tr.symbol_to_dim)
 
 
+def _enumerating(model, layout: Layout):
+    """The model with its enumerated sites enumerated left of the particle dim."""
+    if not layout.enumerated:
+        return model
+    return EnumMessenger(first_available_dim=-layout.nesting - 2)(model)
+
+
+def _model_log_prob(model_tr, sites: list, layout: Layout) -> torch.Tensor:
+    """Sum of the ``sites``' log-probs per particle and example, enumerated sites summed out."""
+    if layout.enumerated:
+        return _contract(model_tr, sites, layout.enumerated)
+    total = 0.0
+    for site in sites:
+        total = total + _reduce(site, site["unscaled_log_prob"], layout.nesting)
+    return total
+
+
+def _per_example(total, layout: Layout, data_dim: int, k: int, n: int) -> torch.Tensor:
+    """A per-particle, per-example total (particle and data dims kept) as ``(k, n)``."""
+    nesting = layout.nesting
+    total = torch.as_tensor(total)
+    total = total.reshape((1,) * (nesting + 1 - total.dim()) + tuple(total.shape))
+    return total.reshape(total.shape[-nesting - 1], total.shape[data_dim]).expand(k, n)
+
+
+def _traces(model, guide, x, k: int, layout: Layout):
+    """Guide and model (replayed on it) traced under a plate of k particles, log-probs in."""
+    with pyro.plate(_PARTICLES, k, dim=-layout.nesting - 1):
+        guide_tr = poutine.trace(guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(_enumerating(model, layout), trace=guide_tr))
+        model_tr = model_tr.get_trace(x)
+    guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
+    guide_tr.compute_log_prob()
+    model_tr.compute_log_prob()
+    return guide_tr, model_tr
+
+
 def _chunk_log_weights(model, guide, x, k, layout: Layout, observed=True) -> torch.Tensor:
     """``(k, N)`` log weights for one chunk of k particles.
 
     With ``observed=False`` the observed sites are left out: ``log p(z) - log q(z | x)``
     (minus a KL sample), enumerated sites still summed out.
     """
-    nesting, enumerated = layout.nesting, layout.enumerated
-    particle_dim = -nesting - 1
-    if enumerated:
-        model = EnumMessenger(first_available_dim=particle_dim - 1)(model)
-    with pyro.plate(_PARTICLES, k, dim=particle_dim):
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
-    guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
-    guide_tr.compute_log_prob()
-    model_tr.compute_log_prob()
+    guide_tr, model_tr = _traces(model, guide, x, k, layout)
     guide_sites = _sample_sites(guide_tr)
     sites = [
         site
         for name, site in _sample_sites(model_tr).items()
-        if (site["is_observed"] and observed) or name in guide_sites or name in enumerated
+        if (site["is_observed"] and observed) or name in guide_sites or name in layout.enumerated
     ]
-    if enumerated:
-        total = _contract(model_tr, sites, enumerated)
-    else:
-        total = x.new_zeros(())
-        for site in sites:
-            total = total + _reduce(site, site["unscaled_log_prob"], nesting)
+    total = _model_log_prob(model_tr, sites, layout)
     for site in guide_sites.values():
-        total = total - _reduce(site, site["unscaled_log_prob"], nesting)
-    total = total.reshape((1,) * (nesting + 1 - total.dim()) + tuple(total.shape))
+        total = total - _reduce(site, site["unscaled_log_prob"], layout.nesting)
     data_dim = _data_dim(next(iter(_sample_sites(model_tr).values())))
-    return total.reshape(total.shape[particle_dim], total.shape[data_dim]).expand(k, x.shape[0])
+    return _per_example(total, layout, data_dim, k, x.shape[0])
 
 
 def _default_chunk(model, x: torch.Tensor) -> int:

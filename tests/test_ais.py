@@ -1,0 +1,189 @@
+"""Annealed importance sampling and BDMC against models whose log p(x) is known exactly."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from test_importance import LinearGaussian
+
+from pyro_genmodels.infer import ais_estimate, ais_log_marginal, bdmc, log_importance_weights
+from pyro_genmodels.infer.ais import _stream_seed, sigmoid_schedule
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def lg_data():
+    lg = LinearGaussian(d_z=3, d_x=10, s=0.5, seed=0)
+    torch.manual_seed(0)  # the autouse seed fixture does not run for module fixtures
+    x = lg.sample_x(50)
+    return lg, x
+
+
+def _poor_guide(lg):
+    """A diagonal guide one posterior std off in every dimension and 1.5x too wide."""
+    sd = lg.post_cov.diagonal().sqrt()
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(lg.post_mean(x) + sd, 1.5 * sd).to_event(1))
+
+    return guide
+
+
+def test_schedule_is_sigmoidal_from_zero_to_one():
+    b = sigmoid_schedule(100)
+    assert b[0] == 0 and b[-1] == 1 and (b.diff() > 0).all() and len(b) == 101
+    assert b.diff()[0] < b.diff()[50] / 5  # dense at the ends
+    assert sigmoid_schedule(1).tolist() == [0.0, 1.0]
+
+
+def test_ais_from_a_poor_guide_converges_to_the_exact_log_px(lg_data):
+    lg, x = lg_data
+    exact = lg.exact_log_px(x)
+    errors = {}
+    for steps in (3, 100):
+        est = ais_estimate(lg.model, _poor_guide(lg), x, steps, 8, num_leapfrog=5, seed=1)
+        errors[steps] = (est.log_marginal - exact).mean().item()
+    assert abs(errors[100]) < 0.05, errors  # T = 100, 8 chains, 5 leapfrog steps
+    assert abs(errors[3]) > 2 * abs(errors[100]), errors
+    assert 0.4 < est.acceptance_rate.mean() < 0.9 and (est.step_size > 0).all()
+    assert est.ess.shape == est.log_weight_std.shape == (50,) and (est.ess <= 8 + 1e-9).all()
+
+
+def test_ais_from_the_prior_converges_to_the_exact_log_px(lg_data):
+    lg, x = lg_data
+    exact = lg.exact_log_px(x)
+    coarse = ais_log_marginal(lg.model, None, x, 5, 8, num_leapfrog=10, seed=2)
+    fine = ais_log_marginal(lg.model, None, x, 300, 8, num_leapfrog=10, seed=2)
+    assert abs((fine - exact).mean()) < 0.05  # T = 300 from N(0, I), 8 chains
+    assert (coarse - exact).mean() < -1.0  # far off with few temperatures
+
+
+class GammaPoisson:
+    """z ~ Gamma(a, b), x_j | z ~ Poisson(z), j = 1..m: p(x) in closed form, z > 0."""
+
+    a, b, m = 3.0, 0.5, 6
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Gamma(x.new_tensor(self.a), x.new_tensor(self.b)))
+            rate = z.unsqueeze(-1).expand(*z.shape, x.shape[-1])
+            pyro.sample("x", dist.Poisson(rate).to_event(1), obs=x)
+
+    def guide(self, x):  # a LogNormal guide that ignores the counts: a poor proposal
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.LogNormal(x.new_tensor(1.5), x.new_tensor(0.8)))
+
+    def exact(self, x):
+        a, b, m, s = self.a, self.b, self.m, x.sum(-1)
+        log_norm = a * math.log(b) - math.lgamma(a) - torch.lgamma(x + 1).sum(-1)
+        return log_norm + torch.lgamma(a + s) - (a + s) * math.log(b + m)
+
+
+def test_constrained_latent_goes_through_its_jacobian():
+    gp = GammaPoisson()
+    rate = torch.distributions.Gamma(gp.a, gp.b).sample((30,)).double()
+    x = torch.poisson(rate[:, None].expand(30, gp.m))
+    est = ais_log_marginal(gp.model, gp.guide, x, 100, 8, num_leapfrog=5, seed=0)
+    exact = gp.exact(x)
+    assert abs((est - exact).mean()) < 0.05, (est - exact).mean()  # no Jacobian: ~0.9 off
+    assert (est - exact).abs().max() < 1.0
+
+
+def test_one_step_without_moves_is_the_iw_estimate_on_the_same_draws(lg_data):
+    lg, x = lg_data
+    guide = _poor_guide(lg)
+    est = ais_estimate(lg.model, guide, x[:3], 1, 7, seed=5)
+    for n in range(3):
+        torch.manual_seed(_stream_seed(5, n))
+        lw = log_importance_weights(lg.model, guide, x[n : n + 1], 7, chunk_size=7)
+        torch.testing.assert_close(est.log_weights[:, n : n + 1], lw, rtol=0, atol=1e-12)
+    assert torch.isnan(est.acceptance_rate).all()  # no move was made
+
+
+def test_vectorized_chains_and_examples_equal_a_loop_over_examples(lg_data):
+    lg, x = lg_data
+    guide = _poor_guide(lg)
+    together = ais_estimate(lg.model, guide, x[:5], 15, 4, num_leapfrog=3, seed=3)
+    chunked = ais_estimate(lg.model, guide, x[:5], 15, 4, num_leapfrog=3, seed=3, chunk_size=2)
+    loop = [
+        ais_estimate(lg.model, guide, x[n : n + 1], 15, 4, num_leapfrog=3, seed=3, example_offset=n)
+        for n in range(5)
+    ]
+    for part in ("log_marginal", "acceptance_rate", "step_size"):
+        one_by_one = torch.cat([getattr(e, part) for e in loop])
+        torch.testing.assert_close(getattr(together, part), one_by_one, rtol=0, atol=1e-9)
+        torch.testing.assert_close(getattr(chunked, part), one_by_one, rtol=0, atol=1e-9)
+
+
+def test_bdmc_sandwiches_the_exact_log_px_and_the_gap_shrinks(lg_data):
+    lg, x = lg_data
+    guide = _poor_guide(lg)
+    gaps = []
+    for steps in (5, 100):
+        r = bdmc(lg.model, guide, 30, steps, 4, x_like=x, num_leapfrog=5, seed=steps)
+        exact = lg.exact_log_px(r.x)
+        for below, above in ((r.lower, exact), (exact, r.upper)):  # within 3 standard errors
+            diff = below - above
+            assert diff.mean() <= 3 * diff.std() / math.sqrt(len(diff)) + 1e-3, (steps, diff)
+        torch.testing.assert_close(r.gap, r.upper - r.lower)
+        gaps.append(r.gap.mean().item())
+    assert gaps[1] < gaps[0] / 3 and gaps[1] < 0.3, gaps
+
+
+def test_model_without_latents_is_exact():
+    loc = torch.tensor([0.5, -1.0], dtype=F64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 0.7).to_event(1), obs=x)
+
+    x = torch.randn(4, 2, dtype=F64)
+    est = ais_estimate(model, None, x, 50, 3)
+    torch.testing.assert_close(est.log_marginal, dist.Normal(loc, 0.7).to_event(1).log_prob(x))
+    assert not est.has_latent
+
+
+def test_enumerated_model_sites_are_summed_inside_the_log_joint():
+    # y ~ Cat(pi), z ~ N(mu_y, 1), x ~ N(z, s^2): log p(x) = logsumexp_y log pi_y N(x; mu_y, 1+s^2)
+    pi = torch.tensor([0.3, 0.7], dtype=F64)
+    mu = torch.tensor([-2.0, 2.0], dtype=F64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(pi), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(mu[y], 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):  # one broad Gaussian over both modes
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.8 * x, 2.5))
+
+    x = torch.tensor([-2.5, 0.1, 1.8], dtype=F64)
+    exact = torch.logsumexp(pi.log() + dist.Normal(mu, math.sqrt(1.25)).log_prob(x[:, None]), -1)
+    est = ais_log_marginal(model, guide, x, 400, 32, num_leapfrog=5, seed=0)
+    torch.testing.assert_close(est, exact, rtol=0, atol=0.05)
+    with pytest.raises(ValueError, match="cannot depend on an enumerated site"):
+        ais_log_marginal(model, None, x, 10, 2)  # z from its prior would carry y's values
+
+
+def test_bad_input_is_a_clear_value_error(lg_data):
+    lg, x = lg_data
+
+    def discrete_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(x.new_full((3,), 0.5)).to_event(1))
+
+    with pytest.raises(ValueError, match="discrete site 'z'"):
+        ais_log_marginal(lg.model, discrete_guide, x[:2], 10, 2)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer, got 0"):
+        ais_log_marginal(lg.model, None, x[:2], 0, 2)
+    bad = x[:2].clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ais_log_marginal(lg.model, None, bad, 10, 2)
+    with pytest.raises(ValueError, match="num_chains must be a positive integer"):
+        ais_log_marginal(lg.model, None, x[:2], 10, 0)
