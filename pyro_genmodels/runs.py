@@ -24,9 +24,12 @@ from .infer import (
     CheckpointError,
     TrainConfig,
     Trainer,
+    ais_estimate,
+    bdmc,
     importance_estimate,
     kl_divergence,
     load_checkpoint,
+    log_importance_weights,
     prior_log_marginal,
     resolve_device,
 )
@@ -227,8 +230,15 @@ def evaluate_images(
     chunk_size: int | None = None,
     prior_samples: int = 0,
     progress: bool = True,
+    method: str = "iw",
+    ais_steps: int = 1000,
+    ais_chains: int = 16,
+    seed: int = 0,
 ) -> dict:
-    """Importance-weighted evaluation of ``module`` on images ``x`` ``(N, C, H, W)``.
+    """Evaluation of ``module`` on images ``x`` ``(N, C, H, W)``: log p(x) by importance
+    sampling (``method="iw"``, K = ``num_samples``) or by annealed importance sampling
+    (``method="ais"``, ``ais_steps`` temperatures, ``ais_chains`` chains; the ELBO and KL then
+    come from 10 importance samples and there is no Pareto k).
 
     :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
         ``num_examples``, ``psis_khat_mean``, ``psis_khat_max``) plus ``kl``, the standard
@@ -238,22 +248,32 @@ def evaluate_images(
     """
     if len(x) == 0:
         raise ValueError("no images to evaluate")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     device = module.device
     offset = module.likelihood.nll_offset()
     num_dims = math.prod(module.image_shape)
     batch_size = batch_size or max(1, min(len(x), module.eval_batch_size))
     parts: dict[str, list[torch.Tensor]] = {
-        "lm": [], "elbo": [], "khat": [], "ess": [], "kl": [], "codes": []
+        "lm": [], "elbo": [], "khat": [], "ess": [], "kl": [], "codes": [], "accept": []
     }  # fmt: skip
     prior_parts = []
     has_latent, start = True, time.perf_counter()
     for i in tqdm(range(0, len(x), batch_size), desc="evaluate", disable=not progress):
         xb = x[i : i + batch_size].to(device)
-        est = importance_estimate(module.model, module.guide, xb, num_samples, chunk_size)
+        if method == "ais":
+            est = ais_estimate(module.model, module.guide, xb, ais_steps, ais_chains, seed=seed,
+                               example_offset=i)  # fmt: skip
+            elbo = log_importance_weights(module.model, module.guide, xb, 10).mean(0)
+            khat = torch.full_like(est.log_marginal, float("nan"))
+            parts["accept"].append(est.acceptance_rate.cpu())
+        else:
+            est = importance_estimate(module.model, module.guide, xb, num_samples, chunk_size)
+            elbo, khat = est.elbo, est.khat
         has_latent = est.has_latent
         parts["lm"].append(est.log_marginal.cpu())
-        parts["elbo"].append(est.elbo.cpu())
-        parts["khat"].append(est.khat.float().cpu())
+        parts["elbo"].append(elbo.cpu())
+        parts["khat"].append(khat.float().cpu())
         parts["ess"].append(est.ess.float().cpu())
         if has_latent:
             parts["kl"].append(kl_divergence(module.model, module.guide, xb).cpu())
@@ -271,7 +291,10 @@ def evaluate_images(
         "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
         "elbo": (torch.cat(parts["elbo"]).double() - offset).mean().item(),
         "bits_per_dim": nll.mean().item() / (num_dims * math.log(2)),
-        "num_samples": int(num_samples) if has_latent else 1,
+        "method": method,
+        "num_samples": (int(num_samples) if method == "iw" else int(ais_chains))
+        if has_latent
+        else 1,
         "num_examples": len(x),
         "psis_khat_mean": _nanmean(khat),
         "psis_khat_max": _nanmax(khat),
@@ -282,6 +305,11 @@ def evaluate_images(
         "nll_offset": offset,
         "seconds": time.perf_counter() - start,
     }
+    if method == "ais":
+        result.update(ais_steps=int(ais_steps), ais_chains=int(ais_chains))
+        result["acceptance_rate"] = (
+            _nanmean(torch.cat(parts["accept"]).double()) if has_latent else float("nan")
+        )
     if len(parts["codes"]) and len(x) > 1:
         # active units (Burda et al.): dimensions whose q(z|x) mean varies over the data
         result["active_units"] = int((torch.cat(parts["codes"]).var(0) > 0.01).sum())
@@ -293,6 +321,9 @@ def evaluate_images(
         result["prior_nll"] = (-torch.cat(prior_parts).double() + offset).mean().item()
         result["prior_num_samples"] = int(prior_samples)
     return result
+
+
+METHODS = ("iw", "ais")
 
 
 def evaluate_run(
@@ -308,6 +339,9 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     which: str = "best",
+    method: str = "iw",
+    ais_steps: int = 1000,
+    ais_chains: int = 16,
 ) -> dict:
     """Evaluate a run on a split of its data set; see :func:`evaluate_images`.
 
@@ -318,8 +352,9 @@ def evaluate_run(
     data = run.dataset(split, dataset, data_dir, limit)
     torch.manual_seed(seed)
     result = evaluate_images(
-        run.module, data.fixed(), num_samples, batch_size, None, prior_samples, progress
-    )
+        run.module, data.fixed(), num_samples, batch_size, None, prior_samples, progress,
+        method, ais_steps, ais_chains, seed,
+    )  # fmt: skip
     info = data.describe()
     return {
         "model": run.model_name,
@@ -328,4 +363,43 @@ def evaluate_run(
         "checkpoint": which,
         **{k: info[k] for k in ("dataset", "split", "binarization", "data_format")},
         **result,
+    }
+
+
+def bdmc_run(
+    run_dir: str | Path,
+    num_examples: int = 100,
+    ais_steps: int = 1000,
+    ais_chains: int = 16,
+    device: str = "auto",
+    seed: int = 0,
+    which: str = "best",
+) -> dict:
+    """BDMC on ``num_examples`` images simulated from a run's model: forward and reverse AIS
+    bounds on their log p(x) (nats), per image and on average, and the gap between them."""
+    run = load_run(run_dir, device, which)
+    module = run.module
+    if not module.is_generative:
+        raise ValueError(f"{run.model_name} is not a generative model: nothing to simulate")
+    torch.manual_seed(seed)
+    x_like = torch.zeros(1, *module.image_shape, device=module.device)  # valid in every format
+    start = time.perf_counter()
+    r = bdmc(module.model, module.guide, num_examples, ais_steps, ais_chains, x_like=x_like,
+             seed=seed)  # fmt: skip
+    offset = module.likelihood.nll_offset()
+    return {
+        "model": run.model_name,
+        "epoch": run.checkpoint["epoch"],
+        "checkpoint": which,
+        "num_examples": int(num_examples),
+        "ais_steps": int(ais_steps),
+        "ais_chains": int(ais_chains),
+        "nll_lower_bound": offset - r.upper.mean().item(),  # from reverse AIS
+        "nll_upper_bound": offset - r.lower.mean().item(),  # from forward AIS
+        "gap_mean": r.gap.mean().item(),
+        "gap_max": r.gap.max().item(),
+        "log_px_lower": r.lower.tolist(),
+        "log_px_upper": r.upper.tolist(),
+        "acceptance_rate": _nanmean(r.forward.acceptance_rate.double()),
+        "seconds": time.perf_counter() - start,
     }

@@ -187,3 +187,15 @@ def test_bad_input_is_a_clear_value_error(lg_data):
         ais_log_marginal(lg.model, None, bad, 10, 2)
     with pytest.raises(ValueError, match="num_chains must be a positive integer"):
         ais_log_marginal(lg.model, None, x[:2], 10, 0)
+
+
+def test_evaluate_images_by_ais_is_exact_for_a_pixel_model():
+    import pyro_genmodels as pg
+    from pyro_genmodels.runs import evaluate_images
+
+    model = pg.create_model("pixelcnn", image_shape=(1, 4, 4), hidden_channels=4, num_layers=1)
+    x = (torch.rand(5, 1, 4, 4) < 0.5).float()
+    by_ais = evaluate_images(model, x, method="ais", ais_steps=5, ais_chains=2, progress=False)
+    by_iw = evaluate_images(model, x, num_samples=3, progress=False)
+    assert by_ais["exact"] and by_ais["nll"] == pytest.approx(by_iw["nll"], abs=1e-5)
+    assert by_ais["nll"] == pytest.approx(-model.log_prob(x).mean().item(), abs=1e-4)

@@ -231,3 +231,36 @@ def test_console_script_runs(tmp_path):
     assert "low-rank (rank), mixture (num_components)" in ok.stdout  # options per family
     bad = subprocess.run(exe + ["evaluate", str(tmp_path / "none")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_evaluate_by_ais_and_bdmc(trained_run, tmp_path, capsys):
+    report = tmp_path / "ais.json"
+    ais = ["--method", "ais", "--ais-steps", 20, "--ais-chains", 3]
+    code, out, err = run(capsys, "evaluate", trained_run, *ais, "--limit", 6, "--json", report,
+                         "--no-progress")  # fmt: skip
+    assert code == 0, err
+    r = json.loads(report.read_text())
+    assert r["method"] == "ais" and r["ais_steps"] == 20 and r["ais_chains"] == 3
+    assert 0 < r["acceptance_rate"] <= 1 and r["nll"] > 0 and "AIS, T=20" in out
+    iw = tmp_path / "iw.json"
+    assert run(capsys, "evaluate", trained_run, "--limit", 6, "--num-samples", 50,
+               "--json", iw, "--no-progress")[0] == 0  # fmt: skip
+    assert json.loads(iw.read_text())["method"] == "iw"
+    report = tmp_path / "bdmc.json"
+    code, out, err = run(capsys, "bdmc", trained_run, "--num-examples", 4, "--ais-steps", 10,
+                         "--ais-chains", 2, "--json", report)  # fmt: skip
+    assert code == 0, err
+    b = json.loads(report.read_text())
+    assert len(b["log_px_lower"]) == len(b["log_px_upper"]) == 4
+    assert b["nll_lower_bound"] == pytest.approx(-np.mean(b["log_px_upper"]))
+    code, _, err = run(capsys, "evaluate", trained_run, "--method", "ais", "--ais-steps", 0)
+    assert_one_line_error(code, err, "expected a positive integer")
+
+
+def test_ais_of_a_discrete_guide_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "cat"
+    assert run(capsys, *TRAIN, "--epochs", 1, "--limit", 64, "--out", out,
+               "--guide", "categorical", "--num-classes", 3)[0] == 0  # fmt: skip
+    code, _, err = run(capsys, "evaluate", out, "--method", "ais", "--ais-steps", 5, "--limit", 2,
+                       "--no-progress")  # fmt: skip
+    assert_one_line_error(code, err, "the guide samples the discrete site 'z'")

@@ -18,6 +18,7 @@ def test_notebooks_exist():
         "03_pixelcnn",
         "04_pixelvae",
         "05_representations",
+        "06_evaluation",
     } <= names
 
 
