@@ -205,8 +205,7 @@ def _add_evaluate(sub) -> None:
         help="iw: importance sampling from q(z|x) with K = --num-samples (default); ais: "
         "annealed importance sampling from q(z|x) to the posterior with HMC moves",
     )
-    p.add_argument("--ais-steps", type=_positive, default=1000, help="AIS temperatures T (1000)")
-    p.add_argument("--ais-chains", type=_positive, default=16, help="AIS chains per image (16)")
+    _add_ais_options(p)
     p.add_argument("--split", choices=SPLITS, default="test", help="data split (test)")
     p.add_argument("--limit", type=_positive, help="evaluate the first N examples of the split")
     p.add_argument("--json", help="write the results as JSON to this file")
@@ -273,7 +272,6 @@ def _summary(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .infer.checkpoint import write_text_atomic
     from .runs import evaluate_run
 
     json_path = _writable_output(args.json) if args.json else None  # fail before the work
@@ -295,9 +293,20 @@ def cmd_evaluate(args) -> int:
         ais_chains=args.ais_chains,
     )
     print(_summary(result))
-    if json_path is not None:
-        write_text_atomic(json.dumps(result, indent=2) + "\n", json_path)
+    _write_json(result, json_path)
     return 0
+
+
+def _add_ais_options(p) -> None:
+    p.add_argument("--ais-steps", type=_positive, default=1000, help="AIS temperatures T (1000)")
+    p.add_argument("--ais-chains", type=_positive, default=16, help="AIS chains per image (16)")
+
+
+def _write_json(result: dict, path: Path | None) -> None:
+    from .infer.checkpoint import write_text_atomic
+
+    if path is not None:
+        write_text_atomic(json.dumps(result, indent=2) + "\n", path)
 
 
 def _add_bdmc(sub) -> None:
@@ -310,8 +319,7 @@ def _add_bdmc(sub) -> None:
     )
     p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--num-examples", type=_positive, default=100, help="images to simulate (100)")
-    p.add_argument("--ais-steps", type=_positive, default=1000, help="AIS temperatures T (1000)")
-    p.add_argument("--ais-chains", type=_positive, default=16, help="AIS chains per image (16)")
+    _add_ais_options(p)
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
@@ -320,7 +328,6 @@ def _add_bdmc(sub) -> None:
 
 
 def cmd_bdmc(args) -> int:
-    from .infer.checkpoint import write_text_atomic
     from .runs import bdmc_run
 
     json_path = _writable_output(args.json) if args.json else None
@@ -333,8 +340,7 @@ def cmd_bdmc(args) -> int:
         f"(forward AIS) nats; gap mean {r['gap_mean']:.3f}, max {r['gap_max']:.3f}\n"
         f"  HMC acceptance {r['acceptance_rate']:.3f}  ({r['seconds']:.1f}s)"
     )
-    if json_path is not None:
-        write_text_atomic(json.dumps(r, indent=2) + "\n", json_path)
+    _write_json(r, json_path)
     return 0
 
 

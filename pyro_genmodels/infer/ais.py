@@ -274,6 +274,15 @@ def _setup(model, guide, x, num_steps, num_chains, num_leapfrog, tune_chains):
     return num_steps, num_chains, num_leapfrog, tune_chains
 
 
+def _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate) -> dict:
+    if not float(step_size) > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}")
+    if not 0 < float(target_accept) < 1:
+        raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+    return dict(num_leapfrog=num_leapfrog, step_size=float(step_size), rate=float(adapt_rate),
+                target=float(target_accept))  # fmt: skip
+
+
 def _base_seed(seed) -> int:
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
@@ -386,8 +395,7 @@ def ais_estimate(
         return AISEstimate(exact, exact.expand(num_chains, n), torch.zeros_like(exact),
                            torch.full_like(exact, float(num_chains)), nan, nan, num_steps,
                            num_chains, False)  # fmt: skip
-    kwargs = dict(num_leapfrog=num_leapfrog, step_size=float(step_size), rate=float(adapt_rate),
-                  target=float(target_accept))  # fmt: skip
+    kwargs = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
     betas = sigmoid_schedule(num_steps)
     base = _base_seed(seed)
     chunk = chunk_size or max(1, _CHUNK_BUDGET // ((num_chains + tune) * max(1, x[0].numel())))
@@ -430,7 +438,11 @@ def bdmc(
     *,
     x_like: torch.Tensor,
     seed: int | None = None,
-    **kwargs,
+    num_leapfrog: int = 10,
+    step_size: float = 0.05,
+    target_accept: float = 0.65,
+    adapt_rate: float = 0.2,
+    tune_chains: int | None = None,
 ) -> BDMCResult:
     r"""Bidirectional Monte Carlo (Grosse et al. 2015) on data simulated from the model.
 
@@ -442,7 +454,8 @@ def bdmc(
 
     :param x_like: a batch of valid data; ``x_like[0]`` is the template of the simulated
         examples (their shape; the model's observed site ``x`` is then sampled).
-    :param kwargs: options of :func:`ais_estimate` (``num_leapfrog``, ``step_size``, ...).
+    :param seed: base of the random streams; the other options are :func:`ais_estimate`'s,
+        used in both directions.
     """
     num_examples = _positive_int(num_examples, "num_examples")
     if not isinstance(x_like, torch.Tensor) or x_like.dim() == 0 or len(x_like) == 0:
@@ -462,14 +475,13 @@ def bdmc(
         if not site["infer"].get("was_observed") and name not in layout.enumerated
     }
     base = _base_seed(seed)
-    forward = ais_estimate(model, guide, x, num_steps, num_chains, seed=base, **kwargs)
+    kernel = dict(num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept,
+                  adapt_rate=adapt_rate, tune_chains=tune_chains)  # fmt: skip
+    forward = ais_estimate(model, guide, x, num_steps, num_chains, seed=base, **kernel)
     num_steps, num_chains, num_leapfrog, tune = _setup(
-        model, guide_, x, num_steps, num_chains, kwargs.get("num_leapfrog", 10),
-        kwargs.get("tune_chains"),
-    )  # fmt: skip
-    options = dict(num_leapfrog=num_leapfrog, step_size=float(kwargs.get("step_size", 0.05)),
-                   rate=float(kwargs.get("adapt_rate", 0.2)),
-                   target=float(kwargs.get("target_accept", 0.65)))  # fmt: skip
+        model, guide_, x, num_steps, num_chains, num_leapfrog, tune_chains
+    )
+    options = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
     seeds = [_stream_seed(base + 1, j) for j in range(num_examples)]
     betas = sigmoid_schedule(num_steps).flip(0)
     with torch.enable_grad(), tqdm(disable=True) as bar:
