@@ -382,10 +382,8 @@ def bdmc_run(
     if not module.is_generative:
         raise ValueError(f"{run.model_name} is not a generative model: nothing to simulate")
     torch.manual_seed(seed)
-    x_like = torch.zeros(1, *module.image_shape, device=module.device)  # valid in every format
     start = time.perf_counter()
-    r = bdmc(module.model, module.guide, num_examples, ais_steps, ais_chains, x_like=x_like,
-             seed=seed)  # fmt: skip
+    r = bdmc(module.model, module.guide, num_examples, ais_steps, ais_chains, seed=seed)
     offset = module.likelihood.nll_offset()
     return {
         "model": run.model_name,

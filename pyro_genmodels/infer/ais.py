@@ -436,7 +436,7 @@ def bdmc(
     num_steps: int,
     num_chains: int = 16,
     *,
-    x_like: torch.Tensor,
+    x_like: torch.Tensor | None = None,
     seed: int | None = None,
     num_leapfrog: int = 10,
     step_size: float = 0.05,
@@ -453,13 +453,18 @@ def bdmc(
     the error of either estimate on such data.
 
     :param x_like: a batch of valid data; ``x_like[0]`` is the template of the simulated
-        examples (their shape; the model's observed site ``x`` is then sampled).
+        examples (their shape; the model's observed site ``x`` is then sampled). Default: a
+        black image of the ``image_shape`` of the module whose method ``model`` is.
     :param seed: base of the random streams; the other options are :func:`ais_estimate`'s,
         used in both directions.
     """
     num_examples = _positive_int(num_examples, "num_examples")
+    owner = getattr(model, "__self__", None)
+    if x_like is None and hasattr(owner, "image_shape"):
+        ref = next(owner.parameters(), torch.zeros(()))
+        x_like = ref.new_zeros((1, *owner.image_shape))
     if not isinstance(x_like, torch.Tensor) or x_like.dim() == 0 or len(x_like) == 0:
-        raise ValueError("x_like must be a non-empty batch of data to take the shape from")
+        raise ValueError("bdmc needs x_like, a non-empty batch of data to take the shape from")
     template = x_like[:1].expand(num_examples, *x_like.shape[1:]).clone()
     guide_ = _empty_guide if guide is None else guide
     with torch.no_grad():
