@@ -264,3 +264,12 @@ def test_ais_of_a_discrete_guide_is_a_one_line_error(tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", out, "--method", "ais", "--ais-steps", 5, "--limit", 2,
                        "--no-progress")  # fmt: skip
     assert_one_line_error(code, err, "the guide samples the discrete site 'z'")
+
+
+def test_nan_images_are_a_one_line_error(tmp_path, capsys):
+    images = np.zeros((4, 28, 28), dtype=np.float32)
+    images[1, 3, 3] = np.nan
+    np.savez(tmp_path / "binarized_mnist.npz", train=images, valid=images, test=images)
+    data = ["--dataset", "binarized-mnist", "--data-dir", tmp_path]
+    code, _, err = run(capsys, "train", "--model", "vae", *data, "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "should hold binary values {0, 1}, found values in [nan")
