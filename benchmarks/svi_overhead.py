@@ -16,6 +16,7 @@ import argparse
 import copy
 import statistics
 
+import pyro
 import torch
 import torch.nn.functional as F
 from _common import binarized_mnist, machine, timed
@@ -70,7 +71,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", default="32,128,512")
+    parser.add_argument(
+        "--global-params",
+        action="store_true",
+        help="Pyro's default module_local_params=False (the CLI and notebooks turn it on)",
+    )
     args = parser.parse_args()
+    pyro.settings.set(module_local_params=not args.global_params)
     device = resolve_device(args.device)
     data, source = binarized_mnist("train", limit=20_000)
     print(f"# SVI step: library VAE vs hand-written PyTorch ELBO ({machine()}, {device})")
