@@ -79,7 +79,7 @@ def _add_train(sub) -> None:
     from .configargs import add_config_arguments
     from .data import BINARIZATIONS, DATASETS
     from .infer import TrainConfig
-    from .models.guides import _FAMILIES
+    from .models.guides import family_class, list_families
     from .registry import config_classes
 
     p = sub.add_parser(
@@ -115,7 +115,7 @@ def _add_train(sub) -> None:
     )
     add_config_arguments(
         p.add_argument_group("guide options (nested under --guide)"),
-        {f"guide {name}": cls.Options for name, cls in _FAMILIES.items()},
+        {f"guide {name}": family_class(name).Options for name in list_families()},
         GUIDE_DEST,
     )
     p.add_argument(

@@ -24,7 +24,7 @@ from pyro_genmodels.infer import (
 )
 from pyro_genmodels.infer.hints import InferenceHints, hint
 from pyro_genmodels.models import VAEConfig
-from pyro_genmodels.models.guides import _FAMILIES
+from pyro_genmodels.models.guides import family_class, list_families
 
 
 def test_importing_the_library_changes_no_pyro_setting():
@@ -44,13 +44,14 @@ def test_train_options_are_every_field_of_every_config():
         for name in cls.__dataclass_fields__:
             if name not in ("image_shape", "guide_options"):
                 assert "--" + name.replace("_", "-") in flags, name
-    for family in _FAMILIES.values():
-        for name in family.Options.__dataclass_fields__:
+    for family in list_families():
+        for name in family_class(family).Options.__dataclass_fields__:
             assert "--" + name.replace("_", "-") in flags, name
     # the help of each option is the comment next to its field
     assert field_comments(TrainConfig)["lr"] == "learning rate"
     assert (
-        field_comments(_FAMILIES["low-rank"].Options)["rank"] == "rank of the covariance factor W"
+        field_comments(family_class("low-rank").Options)["rank"]
+        == "rank of the covariance factor W"
     )
     assert set(OBJECTIVES[1:]) == set(make_elbo.__globals__["_elbo_objectives"]())
 
