@@ -47,6 +47,7 @@ from .importance import (
     _positive_int,
     _reduce,
     _sample_sites,
+    _sum_plates,
     _traces,
     log_importance_weights,
 )
@@ -132,10 +133,7 @@ class _Path:
         return _per_example(total, self.layout, self.data_dim, chains, self.x.shape[0])
 
     def _sum_inner_plates(self, t: torch.Tensor) -> torch.Tensor:
-        nesting = self.layout.nesting
-        t = t.reshape((1,) * (nesting + 1 - t.dim()) + tuple(t.shape))
-        other = [d for d in range(-nesting, 0) if d != self.data_dim]
-        return t.sum(other, keepdim=True) if other else t
+        return _sum_plates(t, self.layout.nesting, self.data_dim)
 
 
 def _check_sites(model, guide, x_one, layout: Layout) -> tuple[dict, int]:

@@ -141,9 +141,14 @@ def _reduce(site, log_prob: torch.Tensor, nesting: int) -> torch.Tensor:
         log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
     elif mask is False:
         log_prob = torch.zeros_like(log_prob)
-    keep = {-nesting - 1, _data_dim(site)}
-    other = [d for d in range(-nesting, 0) if d not in keep and d >= -log_prob.dim()]
-    return log_prob.sum(other, keepdim=True) if other else log_prob
+    return _sum_plates(log_prob, nesting, _data_dim(site))
+
+
+def _sum_plates(t: torch.Tensor, nesting: int, data_dim: int) -> torch.Tensor:
+    """Sum ``t`` over every plate dim but the particles' and the data's (kept, size 1 or not)."""
+    keep = {-nesting - 1, data_dim}
+    other = [d for d in range(-nesting, 0) if d not in keep and d >= -t.dim()]
+    return t.sum(other, keepdim=True) if other else t
 
 
 def _contract(model_tr, sites: list, enumerated: list[str]) -> torch.Tensor:
