@@ -18,7 +18,15 @@ from pyro.nn import pyro_method
 from torch import nn
 
 from ..distributions import LIKELIHOODS
-from ..nn import NETWORKS, make_encoder_decoder
+from ..nn import (
+    HIDDEN_LAYERS,
+    NETWORKS,
+    WEIGHT_INITS,
+    HiddenLayer,
+    WeightInit,
+    he_normal_,
+    make_encoder_decoder,
+)
 from ..registry import register_model
 from .base import CodeDecoderModel, likelihood_from_config
 
@@ -30,6 +38,8 @@ class AutoencoderConfig:
     latent_dim: int = 50  # size of the code
     network: Literal["mlp", "conv"] = "mlp"  # encoder/decoder (conv: H, W divisible by 4)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
+    hidden_layer: HiddenLayer = "relu"  # relu, or gated: (W1 x + b1) * sigmoid(W2 x + b2)
+    weight_init: WeightInit = "torch"  # torch: PyTorch's default; he-normal: N(0, 2 / fan_in)
     gaussian_scale: float | None = None  # gaussian only: fixed std, or None to learn it
     num_mixtures: int = 5  # likelihood="logistic-mixture": components per pixel
 
@@ -42,6 +52,9 @@ class AutoencoderConfig:
             raise ValueError(f"unknown network {self.network!r}; valid: {', '.join(NETWORKS)}")
         if int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        for key, valid in (("hidden_layer", HIDDEN_LAYERS), ("weight_init", WEIGHT_INITS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}")
         self.image_shape = tuple(self.image_shape)
         self.hidden_dims = tuple(self.hidden_dims)
 
@@ -59,9 +72,11 @@ class Autoencoder(CodeDecoderModel):
         self.likelihood = likelihood_from_config(config, self.image_shape)
         self.encoder, self.decoder = make_encoder_decoder(
             config.network, self.image_shape, config.latent_dim, self.likelihood.param_channels,
-            config.hidden_dims,
+            config.hidden_dims, config.hidden_layer,
         )  # fmt: skip
         self.to_code = nn.Linear(self.encoder.feature_dim, config.latent_dim)
+        if config.weight_init == "he-normal":
+            he_normal_(self)
 
     @property
     def latent_dim(self) -> int:

@@ -135,16 +135,40 @@ class Posterior(nn.Module):
 
 @register_family("diagonal")
 class DiagonalNormal(Posterior):
-    """q(z | x) = N(mu(h), diag(sigma(h)^2))."""
+    """q(z | x) = N(mu(h), diag(sigma(h)^2)).
+
+    By default sigma = softplus(a(h)); with ``log_var_bounds=(low, high)``,
+    log sigma^2 = hardtanh(a(h), low, high), as in Tomczak & Welling's networks
+    (-6, 2): a floor on the variance that keeps the VampPrior's components from collapsing.
+    """
+
+    @dataclass
+    class Options:
+        log_var_bounds: tuple[float, ...] | None = None  # (low, high): bounded log variance
+
+        def __post_init__(self):
+            if self.log_var_bounds is not None:
+                bounds = tuple(float(b) for b in self.log_var_bounds)
+                if len(bounds) != 2 or not bounds[0] < bounds[1]:
+                    raise ValueError(
+                        f"log_var_bounds must be (low, high) with low < high, got {bounds}"
+                    )
+                self.log_var_bounds = bounds
 
     def __init__(self, feature_dim: int, latent_dim: int, options: Any = None):
         super().__init__(feature_dim, latent_dim, options)
         self.loc = nn.Linear(feature_dim, latent_dim)
         self.raw_scale = nn.Linear(feature_dim, latent_dim)
 
+    def scale(self, h: torch.Tensor) -> torch.Tensor:
+        raw = self.raw_scale(h)
+        if self.options.log_var_bounds is None:
+            return _positive(raw)
+        low, high = self.options.log_var_bounds
+        return torch.exp(0.5 * nn.functional.hardtanh(raw, low, high))
+
     def forward(self, h):
-        scale = _positive(self.raw_scale(h))
-        return dist.Normal(self.loc(h), scale, validate_args=False).to_event(1)
+        return dist.Normal(self.loc(h), self.scale(h), validate_args=False).to_event(1)
 
     def mean(self, h):
         return self.loc(h)

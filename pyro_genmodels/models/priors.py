@@ -118,21 +118,49 @@ class VampPrior(Prior):
 
     Uses the owner's encoder and posterior family; the mixture is summed inside
     ``log_prob`` (``MixtureSameFamily``), so it needs no enumeration.
+
+    The pseudo-inputs are a bounded map of free parameters ``w_k`` (``pseudo_logits``):
+    ``"sigmoid"``: u_k = sigmoid(w_k); ``"hardtanh"``: u_k = hardtanh(w_k) = clamp(w_k, 0, 1),
+    the paper's map (a bias-free linear layer with a hard-tanh on one-hot inputs, whose
+    output for input e_k is the k-th weight column: here that column is ``w_k`` itself,
+    which spares the K x K identity product). ``w`` starts at N(init_mean, init_std^2);
+    the paper draws N(0.05, 0.01^2) for binary MNIST.
     """
 
     name = "vamp"
+    MAPS = ("sigmoid", "hardtanh")
 
-    def __init__(self, latent_dim: int, image_shape, num_components: int = 50):
+    def __init__(
+        self,
+        latent_dim: int,
+        image_shape,
+        num_components: int = 50,
+        pseudo_input_map: str = "sigmoid",
+        init_mean: float = -1.0,
+        init_std: float = 0.1,
+    ):
         super().__init__()
+        if pseudo_input_map not in self.MAPS:
+            raise ValueError(
+                f"unknown pseudo_input_map {pseudo_input_map!r}; valid: {', '.join(self.MAPS)}"
+            )
         self.latent_dim, self.num_components = int(latent_dim), int(num_components)
-        self.pseudo_logits = nn.Parameter(torch.randn(num_components, *image_shape) * 0.1 - 1.0)
+        self.pseudo_input_map = pseudo_input_map
+        init = torch.randn(num_components, *image_shape) * init_std + init_mean
+        self.pseudo_logits = nn.Parameter(init)
 
     @property
     def event_shape(self) -> torch.Size:
         return torch.Size([self.latent_dim])
 
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs ``(K, C, H, W)``, in [0, 1]."""
+        if self.pseudo_input_map == "hardtanh":
+            return nn.functional.hardtanh(self.pseudo_logits, 0.0, 1.0)
+        return torch.sigmoid(self.pseudo_logits)
+
     def distribution(self, owner) -> dist.TorchDistribution:
-        u = torch.sigmoid(self.pseudo_logits)  # (K, C, H, W) in (0, 1)
+        u = self.pseudo_inputs()  # (K, C, H, W)
         q = owner.posterior(owner.encoder(u))  # batch (K,), event (D,)
         mix = dist.Categorical(logits=u.new_zeros(self.num_components))
         return dist.MixtureSameFamily(mix, q)
@@ -178,14 +206,22 @@ class UniformCategoricalPrior(Prior):
 PRIORS = ("standard", "mixture", "vamp", "categorical")
 
 
-def make_prior(name: str, latent_dim: int, image_shape, num_components: int, num_classes=10):
-    """Build a prior by name (see :data:`PRIORS`); ``num_classes``: of categorical codes."""
+def make_prior(
+    name: str,
+    latent_dim: int,
+    image_shape,
+    num_components: int,
+    num_classes=10,
+    **vamp_options,
+):
+    """Build a prior by name (see :data:`PRIORS`); ``num_classes``: of categorical codes;
+    ``vamp_options``: keywords of :class:`VampPrior` (the pseudo-input map and its init)."""
     if name == "standard":
         return StandardNormalPrior(latent_dim)
     if name == "mixture":
         return MixtureOfGaussiansPrior(latent_dim, num_components)
     if name == "vamp":
-        return VampPrior(latent_dim, image_shape, num_components)
+        return VampPrior(latent_dim, image_shape, num_components, **vamp_options)
     if name == "categorical":
         return UniformCategoricalPrior(latent_dim, num_classes)
     raise ValueError(f"unknown prior {name!r}; valid: {', '.join(PRIORS)}")

@@ -17,11 +17,21 @@ from pyro.nn import pyro_method
 from torch import nn
 
 from ..distributions import LIKELIHOODS, Likelihood
-from ..nn import NETWORKS, make_encoder_decoder
+from ..nn import (
+    HIDDEN_LAYERS,
+    NETWORKS,
+    WEIGHT_INITS,
+    HiddenLayer,
+    WeightInit,
+    he_normal_,
+    make_encoder_decoder,
+)
 from ..registry import register_model
 from .base import CodeDecoderModel, likelihood_from_config
 from .guides import Posterior, family_class, family_options
-from .priors import PRIORS, Prior, make_prior
+from .priors import PRIORS, Prior, VampPrior, make_prior
+
+PseudoInputMap = Literal["sigmoid", "hardtanh"]
 
 
 @dataclass
@@ -34,8 +44,13 @@ class VAEConfig:
     prior: str = "auto"  # "standard" | "mixture" | "vamp" | "categorical"; auto: the family's
     network: Literal["mlp", "conv"] = "mlp"  # encoder/decoder (conv: H, W divisible by 4)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
+    hidden_layer: HiddenLayer = "relu"  # relu, or gated: (W1 x + b1) * sigmoid(W2 x + b2)
+    weight_init: WeightInit = "torch"  # torch: PyTorch's default; he-normal: N(0, 2 / fan_in)
     gaussian_scale: float | None = None  # gaussian only: fixed std, or None to learn it
     prior_components: int = 10  # prior="mixture" (GMVAE clusters) or "vamp" (pseudo-inputs)
+    pseudo_input_map: PseudoInputMap = "sigmoid"  # vamp: u = sigmoid(w) or hardtanh(w) (paper)
+    pseudo_input_mean: float = -1.0  # vamp: mean of the initial w (paper: 0.05 with hardtanh)
+    pseudo_input_std: float = 0.1  # vamp: std of the initial w (paper: 0.01)
     num_mixtures: int = 5  # likelihood="logistic-mixture": components per pixel
 
     def __post_init__(self):
@@ -59,6 +74,15 @@ class VAEConfig:
                 "the categorical guide and the categorical prior go together "
                 f"(got guide={self.guide!r}, prior={self.prior!r})"
             )
+        for key, valid in (
+            ("hidden_layer", HIDDEN_LAYERS),
+            ("weight_init", WEIGHT_INITS),
+            ("pseudo_input_map", VampPrior.MAPS),
+        ):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}")
+        if not self.pseudo_input_std >= 0:
+            raise ValueError(f"pseudo_input_std must be >= 0, got {self.pseudo_input_std}")
         self.latent_dim = int(self.latent_dim)
         self.image_shape = tuple(self.image_shape)
         self.hidden_dims = tuple(self.hidden_dims)
@@ -99,12 +123,16 @@ class VAE(CodeDecoderModel):
             self.image_shape,
             config.prior_components,
             getattr(config.guide_options, "num_classes", None),
+            pseudo_input_map=config.pseudo_input_map,
+            init_mean=config.pseudo_input_mean,
+            init_std=config.pseudo_input_std,
         )
         z_size = math.prod(self.prior.event_shape)
+        built = [encoder is None, decoder is None, posterior is None]
         if encoder is None or decoder is None:
             enc, dec = make_encoder_decoder(
                 config.network, self.image_shape, z_size, likelihood.param_channels,
-                config.hidden_dims,
+                config.hidden_dims, config.hidden_layer,
             )  # fmt: skip
             encoder = encoder or enc
             decoder = decoder or dec
@@ -113,6 +141,10 @@ class VAE(CodeDecoderModel):
         feature_dim = getattr(encoder, "feature_dim", None) or config.hidden_dims[-1]
         family = family_class(config.guide)
         self.posterior = posterior or family(feature_dim, config.latent_dim, config.guide_options)
+        if config.weight_init == "he-normal":  # the networks built here, not those passed in
+            for part, new in zip((self.encoder, self.decoder, self.posterior), built, strict=True):
+                if new:
+                    he_normal_(part)
 
     @property
     def latent_dim(self) -> int:

@@ -1,17 +1,31 @@
 """Neural network building blocks (no knowledge of models or inference)."""
 
 from .dense import (
+    HIDDEN_LAYERS,
     NETWORKS,
+    WEIGHT_INITS,
     ConvDecoder,
     ConvEncoder,
+    GatedConv2d,
+    GatedDense,
+    HiddenLayer,
     MLPDecoder,
     MLPEncoder,
+    WeightInit,
+    he_normal_,
     make_encoder_decoder,
     mlp,
 )
 
 __all__ = [
+    "HIDDEN_LAYERS",
     "NETWORKS",
+    "WEIGHT_INITS",
+    "GatedConv2d",
+    "GatedDense",
+    "HiddenLayer",
+    "WeightInit",
+    "he_normal_",
     "ConvDecoder",
     "ConvEncoder",
     "MLPDecoder",

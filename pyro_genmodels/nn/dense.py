@@ -4,25 +4,100 @@ All of them accept any number of leading batch dimensions, e.g. the particle
 dimension that :func:`pyro_genmodels.infer.log_marginal` adds: an encoder maps
 ``(..., C, H, W) -> (..., feature_dim)`` and a decoder maps
 ``(..., latent_dim) -> (..., out_channels, H, W)``.
+
+Hidden layers are of one of two kinds (:data:`HIDDEN_LAYERS`): ``"relu"``, an affine map
+and a ReLU, or ``"gated"``, the gated layer of Dauphin et al. (2017) that Tomczak & Welling
+(2018) use in every VampPrior network: ``h = (W1 x + b1) * sigmoid(W2 x + b2)``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
+HiddenLayer = Literal["relu", "gated"]
+HIDDEN_LAYERS: tuple[str, ...] = ("relu", "gated")
+WeightInit = Literal["torch", "he-normal"]
+WEIGHT_INITS: tuple[str, ...] = ("torch", "he-normal")
 
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, final: bool = True):
-    """Linear layers with ``activation`` between them (and after the last if ``final``)."""
+
+def _check_layer(layer: str) -> None:
+    if layer not in HIDDEN_LAYERS:
+        raise ValueError(f"unknown hidden layer {layer!r}; valid: {', '.join(HIDDEN_LAYERS)}")
+
+
+class GatedDense(nn.Module):
+    """``h = (W1 x + b1) * sigmoid(W2 x + b2)``: a linear half gated by a sigmoid half.
+
+    Both halves are one ``nn.Linear(in, 2 * out)`` (one matrix product instead of two)
+    split by :func:`torch.nn.functional.glu`, which computes ``a * sigmoid(b)`` of the
+    first and second halves. ``linear.weight[:out]`` is W1, ``linear.weight[out:]`` is W2.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.out_features = int(out_features)
+        self.linear = nn.Linear(in_features, 2 * self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.glu(self.linear(x), dim=-1)  # (..., out)
+
+
+class GatedConv2d(nn.Module):
+    """The convolutional gated layer: one ``Conv2d`` (``ConvTranspose2d`` with
+    ``transposed``) to ``2 * out`` channels, then ``a * sigmoid(b)`` over the channel halves."""
+
+    def __init__(self, in_channels: int, out_channels: int, *args, transposed=False, **kwargs):
+        super().__init__()
+        kind = nn.ConvTranspose2d if transposed else nn.Conv2d
+        self.conv = kind(in_channels, 2 * out_channels, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.glu(self.conv(x), dim=-3)  # (B, out, H', W')
+
+
+def dense(a: int, b: int, layer: str = "relu") -> list[nn.Module]:
+    """One hidden layer ``a -> b`` of kind ``layer`` (see :data:`HIDDEN_LAYERS`), as the
+    modules to put in an ``nn.Sequential`` (``[Linear, ReLU]``: the layout of older
+    checkpoints)."""
+    _check_layer(layer)
+    if layer == "gated":
+        return [GatedDense(a, b)]
+    return [nn.Linear(a, b), nn.ReLU()]
+
+
+def conv(a: int, b: int, layer: str, *args, transposed=False, **kwargs) -> list[nn.Module]:
+    """One hidden ``Conv2d`` (or ``ConvTranspose2d``) layer ``a -> b`` channels of kind
+    ``layer``."""
+    _check_layer(layer)
+    if layer == "gated":
+        return [GatedConv2d(a, b, *args, transposed=transposed, **kwargs)]
+    kind = nn.ConvTranspose2d if transposed else nn.Conv2d
+    return [kind(a, b, *args, **kwargs), nn.ReLU()]
+
+
+def mlp(sizes: Sequence[int], layer: str = "relu", final: bool = True) -> nn.Sequential:
+    """Hidden layers of kind ``layer`` through ``sizes``; with ``final=False`` the last
+    map is a plain ``nn.Linear`` (an output layer)."""
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=False))
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
-        layers.append(nn.Linear(a, b))
-        if final or i < len(sizes) - 2:
-            layers.append(activation())
+    for i, (a, b) in enumerate(pairs):
+        last = i == len(pairs) - 1
+        layers.extend([nn.Linear(a, b)] if last and not final else dense(a, b, layer))
     return nn.Sequential(*layers)
+
+
+def he_normal_(module: nn.Module) -> nn.Module:
+    """Re-draw the weights of every ``nn.Linear`` in ``module`` from N(0, 2 / fan_in)
+    (He et al. 2015; the initialization of Tomczak & Welling's code); biases are kept."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return module
 
 
 class MLPEncoder(nn.Module):
@@ -30,13 +105,19 @@ class MLPEncoder(nn.Module):
 
     :param image_shape: ``(C, H, W)``.
     :param hidden_dims: widths of the hidden layers; the last is ``feature_dim``.
+    :param layer: ``"relu"`` or ``"gated"`` hidden layers.
     """
 
-    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int] = (512, 256)):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int] = (512, 256),
+        layer: str = "relu",
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.feature_dim = int(hidden_dims[-1])
-        self.net = mlp([math.prod(self.image_shape), *hidden_dims])
+        self.net = mlp([math.prod(self.image_shape), *hidden_dims], layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[: -len(self.image_shape)]
@@ -51,6 +132,7 @@ class MLPDecoder(nn.Module):
     :param image_shape: ``(C, H, W)`` of the images (only ``H, W`` are used).
     :param out_channels: channels of the output, e.g. ``likelihood.param_channels``.
     :param hidden_dims: widths of the hidden layers, from ``z`` outwards.
+    :param layer: ``"relu"`` or ``"gated"`` hidden layers (the output layer is linear).
     """
 
     def __init__(
@@ -59,11 +141,13 @@ class MLPDecoder(nn.Module):
         image_shape: Sequence[int],
         out_channels: int,
         hidden_dims: Sequence[int] = (256, 512),
+        layer: str = "relu",
     ):
         super().__init__()
         _, h, w = image_shape
         self.out_shape = (int(out_channels), int(h), int(w))
-        self.net = mlp([latent_dim, *hidden_dims, math.prod(self.out_shape)], final=False)
+        sizes = [latent_dim, *hidden_dims, math.prod(self.out_shape)]
+        self.net = mlp(sizes, layer, final=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).reshape(*z.shape[:-1], *self.out_shape)  # (..., P*C, H, W)
@@ -78,20 +162,23 @@ def _check_divisible(image_shape: Sequence[int]) -> None:
 class ConvEncoder(nn.Module):
     """Two stride-2 convolutions and a linear layer: ``(..., C, H, W) -> (..., feature_dim)``."""
 
-    def __init__(self, image_shape: Sequence[int], channels: int = 32, feature_dim: int = 256):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: int = 32,
+        feature_dim: int = 256,
+        layer: str = "relu",
+    ):
         super().__init__()
         _check_divisible(image_shape)
         c, h, w = image_shape
         self.image_shape = tuple(image_shape)
         self.feature_dim = feature_dim
         self.net = nn.Sequential(
-            nn.Conv2d(c, channels, 4, stride=2, padding=1),  # (B, ch, H/2, W/2)
-            nn.ReLU(),
-            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),  # (B, 2ch, H/4, W/4)
-            nn.ReLU(),
+            *conv(c, channels, layer, 4, stride=2, padding=1),  # (B, ch, H/2, W/2)
+            *conv(channels, 2 * channels, layer, 4, stride=2, padding=1),  # (B, 2ch, H/4, W/4)
             nn.Flatten(),
-            nn.Linear(2 * channels * (h // 4) * (w // 4), feature_dim),
-            nn.ReLU(),
+            *dense(2 * channels * (h // 4) * (w // 4), feature_dim, layer),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,17 +191,22 @@ class ConvDecoder(nn.Module):
     """A linear layer and two stride-2 transposed convolutions: ``(..., D) -> (..., P*C, H, W)``."""
 
     def __init__(
-        self, latent_dim: int, image_shape: Sequence[int], out_channels: int, channels: int = 32
+        self,
+        latent_dim: int,
+        image_shape: Sequence[int],
+        out_channels: int,
+        channels: int = 32,
+        layer: str = "relu",
     ):
         super().__init__()
         _check_divisible(image_shape)
         _, h, w = image_shape
         self.seed_shape = (2 * channels, h // 4, w // 4)
         self.out_shape = (int(out_channels), int(h), int(w))
-        self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.seed_shape)), nn.ReLU())
+        self.fc = nn.Sequential(*dense(latent_dim, math.prod(self.seed_shape), layer))
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # (B, ch, H/2, W/2)
-            nn.ReLU(),
+            # (B, ch, H/2, W/2)
+            *conv(2 * channels, channels, layer, 4, stride=2, padding=1, transposed=True),
             nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1),  # (B, P*C, H, W)
         )
 
@@ -133,23 +225,26 @@ def make_encoder_decoder(
     latent_dim: int,
     out_channels: int,
     hidden_dims: Sequence[int],
+    layer: str = "relu",
 ) -> tuple[nn.Module, nn.Module]:
     """Build a matching (encoder, decoder) pair by name: ``"mlp"`` or ``"conv"``.
 
     For ``"mlp"`` the encoder uses ``hidden_dims`` and the decoder their reverse;
     for ``"conv"`` the last of ``hidden_dims`` is the encoder's feature size.
+    ``layer``: the kind of every hidden layer, ``"relu"`` or ``"gated"``.
     """
+    _check_layer(layer)
     hidden_dims = tuple(int(h) for h in hidden_dims)
     if not hidden_dims or min(hidden_dims) < 1:
         raise ValueError(f"hidden_dims must be positive integers, got {hidden_dims}")
     if network == "mlp":
         return (
-            MLPEncoder(image_shape, hidden_dims),
-            MLPDecoder(latent_dim, image_shape, out_channels, hidden_dims[::-1]),
+            MLPEncoder(image_shape, hidden_dims, layer),
+            MLPDecoder(latent_dim, image_shape, out_channels, hidden_dims[::-1], layer),
         )
     if network == "conv":
         return (
-            ConvEncoder(image_shape, feature_dim=hidden_dims[-1]),
-            ConvDecoder(latent_dim, image_shape, out_channels),
+            ConvEncoder(image_shape, feature_dim=hidden_dims[-1], layer=layer),
+            ConvDecoder(latent_dim, image_shape, out_channels, layer=layer),
         )
     raise ValueError(f"unknown network {network!r}; valid: {', '.join(NETWORKS)}")
