@@ -125,7 +125,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training data (with --resume: the total to reach)
+    epochs: int = 10  # most passes over the training data (with --resume: the total to reach)
+    patience: int = 0  # stop after this many epochs without a better validation ELBO (0: off)
     batch_size: int = 128  # minibatch size
     lr: float = 1e-3  # learning rate
     optimizer: Optimizer = "adam"  # clipped-adam: Pyro's, with per-parameter norm clipping
@@ -150,10 +151,12 @@ class TrainConfig:
             make_elbo(self.objective, self.num_particles)  # validates both
         elif int(self.num_particles) < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
-        for key in ("epochs", "batch_size", "num_particles", "valid_batch_size"):
+        for key in ("epochs", "batch_size", "num_particles", "valid_batch_size", "patience"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+            low = 0 if key == "patience" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                raise ValueError(f"{key} must be {kind} integer, got {value!r}")
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.lr > 0:
@@ -214,6 +217,9 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.metrics: list[dict] = []
         self.best_valid_elbo = -math.inf
+        self.best_epoch = 0  # the epoch of best.pt (0: none yet)
+        self.since_best = 0  # epochs counted towards the patience since best_epoch
+        self.stopped = False  # early stopping ended the run
 
     # -- set-up ---------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -251,6 +257,11 @@ class Trainer:
             "metadata": self.metadata,
             "metrics": self.metrics,
             "best_valid_elbo": self.best_valid_elbo,
+            "early_stopping": {
+                "best_epoch": self.best_epoch,
+                "since_best": self.since_best,
+                "stopped": self.stopped,
+            },
         }
 
     def save(self, best: bool = False) -> None:
@@ -277,6 +288,10 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.metrics = list(ckpt.get("metrics", []))
         self.best_valid_elbo = float(ckpt.get("best_valid_elbo", -math.inf))
+        stopping = ckpt.get("early_stopping") or self._replay_early_stopping()
+        self.best_epoch = int(stopping.get("best_epoch", 0))
+        self.since_best = int(stopping.get("since_best", 0))
+        self.stopped = bool(stopping.get("stopped", False))
         set_rng_state(ckpt["rng"])
 
     # -- the loop -------------------------------------------------------------------------------
@@ -307,14 +322,16 @@ class Trainer:
             self.load(load_checkpoint(self.checkpoint_path, map_location=self.device))
         else:
             pyro.set_rng_seed(self.config.seed)
+        if self.config.patience and valid_data is None:
+            raise ValueError("early stopping (patience > 0) needs validation data")
         steps_per_epoch = math.ceil(len(train_data) / self.config.batch_size)
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self.stopped:
             row = self._train_epoch(train_data, steps_per_epoch)
             best = False
             if valid_data is not None:
                 row.update(self.validate(valid_data))
                 best = row["valid_elbo"] > self.best_valid_elbo
-                self.best_valid_elbo = max(self.best_valid_elbo, row["valid_elbo"])
+                self._early_stopping(row, best)
             self._check_finite(row)
             self.metrics.append(row)
             self.epoch += 1
@@ -323,6 +340,43 @@ class Trainer:
                 on_epoch_end(row)
         self.module.eval()  # scored as trained: exact discrete codes, no dropout
         return self.metrics
+
+    def _early_stopping(self, row: dict, best: bool) -> None:
+        """Track the best validation ELBO and stop after ``patience`` epochs without a better one.
+
+        As in Tomczak & Welling's code, epochs before the KL weight reaches beta
+        (``anneal_epochs``) do not count: the validation ELBO is not comparable across weights.
+        """
+        epoch = self.epoch + 1
+        if best:
+            self.best_valid_elbo, self.best_epoch, self.since_best = row["valid_elbo"], epoch, 0
+        elif epoch >= self.config.anneal_epochs:
+            self.since_best += 1
+        row["best_epoch"], row["epochs_since_best"] = self.best_epoch, self.since_best
+        if self.config.patience and self.since_best >= self.config.patience:
+            self.stopped = True
+            row["stopped_early"] = True
+
+    def _replay_early_stopping(self) -> dict:
+        """The early-stopping state of a checkpoint written before it was saved, from its
+        metrics."""
+        best, best_epoch, since = -math.inf, 0, 0
+        for row in self.metrics:
+            if row.get("valid_elbo", -math.inf) > best:
+                best, best_epoch, since = row["valid_elbo"], row["epoch"], 0
+            elif row["epoch"] >= self.config.anneal_epochs:
+                since += 1
+        return {"best_epoch": best_epoch, "since_best": since, "stopped": False}
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run ended before ``epochs``, in words (None if it did not)."""
+        if not self.stopped:
+            return None
+        return (
+            f"stopped early after epoch {self.epoch}: no better validation ELBO in "
+            f"{self.since_best} epochs (best {self.best_valid_elbo:.3f} at epoch {self.best_epoch})"
+        )
 
     def _train_epoch(self, train_data: Dataset, steps_per_epoch: int) -> dict:
         cfg = self.config
