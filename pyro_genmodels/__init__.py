@@ -13,4 +13,6 @@ from .registry import create_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models"]
+from .pretrained import list_pretrained, load_pretrained  # noqa: E402 (uses __version__)
+
+__all__ = ["__version__", "create_model", "list_models", "list_pretrained", "load_pretrained"]

@@ -91,21 +91,39 @@ def _add_train(sub) -> None:
         "shows each model's keys); --set KEY=VALUE passes any model key, guide.KEY=VALUE any "
         "guide option.",
     )
-    p.add_argument("--model", help="model name (pyro-genmodels list); required unless --resume")
-    p.add_argument("--dataset", choices=DATASETS, help="data set; required unless --resume")
+    recipe = p.add_mutually_exclusive_group()
+    recipe.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from a named recipe (pyro-genmodels list --presets); options given here "
+        "override it",
+    )
+    recipe.add_argument(
+        "--config", metavar="FILE.toml", help="start from a recipe file (the --preset format)"
+    )
+    p.add_argument(
+        "--model", help="model name (pyro-genmodels list); required unless --resume or a recipe"
+    )
+    p.add_argument(
+        "--dataset", choices=DATASETS, help="data set; required unless --resume or a recipe"
+    )
     p.add_argument("--data-dir", help="data directory (default: $PYRO_GENMODELS_DATA or cache)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--limit", type=_positive, help="keep the first N training examples")
     p.add_argument(
         "--binarization",
         choices=BINARIZATIONS,
-        default="static",
-        help="for Bernoulli likelihoods on grey-level data: sample once (static) or "
-        "every batch (dynamic); binarized-mnist is static",
+        help="for Bernoulli likelihoods on grey-level data: sample once (static, the "
+        "default) or every batch (dynamic); binarized-mnist is static",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-download", action="store_true", help="never try to download data")
-    add_config_arguments(p.add_argument_group("training"), {"train": TrainConfig}, TRAIN_DEST)
+    add_config_arguments(
+        p.add_argument_group("training"),
+        {"train": TrainConfig},
+        TRAIN_DEST,
+        aliases={"epochs": ["--max-epochs"]},
+    )
     add_config_arguments(
         p.add_argument_group("model (keys of each model's config)"),
         # the VAE first: its comments document the keys it shares with the others
@@ -155,34 +173,64 @@ def _print_epoch(row: dict) -> None:
     print("  ".join(parts), flush=True)
 
 
+def _recipe(args):
+    """The recipe of ``--preset`` or ``--config``, or None."""
+    from .presets import load_preset
+
+    name = args.preset or args.config
+    if name is None:
+        return None
+    if args.resume:
+        raise ValueError("--resume takes every setting from the checkpoint; drop --preset/--config")
+    if args.config and not args.config.lower().endswith(".toml"):
+        raise ValueError(f"--config must be a .toml file, got {args.config!r}")
+    return load_preset(name)
+
+
 def cmd_train(args) -> int:
     from .configargs import given
+    from .presets import merge
     from .registry import config_keys
     from .runs import train_run
 
-    if not args.resume and (args.model is None or args.dataset is None):
-        raise ValueError("train needs --model and --dataset (or --resume with an existing --out)")
+    recipe = _recipe(args)
+    model_name = args.model or (recipe.model if recipe else None)
+    dataset = args.dataset or (recipe.dataset if recipe else None)
+    if not args.resume and (model_name is None or dataset is None):
+        raise ValueError(
+            "train needs --model and --dataset (or --preset, or --resume with an existing --out)"
+        )
     train_config = given(args, TRAIN_DEST)
-    if args.resume and "epochs" not in train_config:
-        raise ValueError("--resume needs --epochs, the total number of epochs to reach")
     model_config = _model_config(args)
+    binarization = args.binarization
+    if recipe is not None:
+        train_config = {**recipe.train, **train_config}
+        model_config = merge(recipe.model_config, model_config)
+        binarization = binarization or recipe.binarization
     if "guide_options" in model_config and not args.resume:
-        if "guide_options" not in config_keys(args.model):
+        if "guide_options" not in config_keys(model_name):
             names = ", ".join(sorted(model_config["guide_options"]))
-            raise ValueError(f"{names}: guide options, but model {args.model!r} has no guide")
+            raise ValueError(f"{names}: guide options, but model {model_name!r} has no guide")
     _, metrics = train_run(
-        args.model,
-        args.dataset,
+        model_name,
+        dataset,
         args.out,
         model_config=model_config,
         train_config=train_config,
         data_dir=args.data_dir,
         limit=args.limit,
-        binarization=args.binarization,
+        binarization=binarization,
         download=not args.no_download,
         resume=args.resume,
         on_epoch_end=_print_epoch,
+        preset=recipe.name if recipe else None,
     )
+    if metrics and metrics[-1].get("stopped_early"):
+        last = metrics[-1]
+        print(
+            f"stopped early after epoch {last['epoch']}: no better validation ELBO in "
+            f"{last['epochs_since_best']} epochs; best.pt is epoch {last['best_epoch']}"
+        )
     print(f"trained {metrics[-1]['epoch'] if metrics else 0} epochs; run directory: {args.out}")
     return 0
 
@@ -471,8 +519,48 @@ def cmd_plot(args) -> int:
 
 
 def _add_list(sub) -> None:
-    p = sub.add_parser("list", help="list models, guide families, data sets")
+    p = sub.add_parser(
+        "list", help="list models, guide families, data sets (or recipes, shipped checkpoints)"
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--presets", action="store_true", help="the training recipes for train --preset"
+    )
+    what.add_argument(
+        "--pretrained", action="store_true", help="the shipped checkpoints in pretrained/"
+    )
     p.set_defaults(func=cmd_list)
+
+
+def _list_presets() -> None:
+    from .presets import list_presets, load_preset
+
+    for name in list_presets():
+        preset = load_preset(name)
+        print(f"{name}: {preset.description}")
+        print(f"    train --preset {name}  (model {preset.model}, dataset {preset.dataset})")
+        settings = {**preset.model_config, **preset.train}
+        print("    " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+
+def _list_pretrained() -> None:
+    import json
+
+    from .pretrained import EVALUATION_NAME, list_pretrained, pretrained_dir
+
+    names = list_pretrained()
+    if not names:
+        print(f"no shipped checkpoints in {pretrained_dir()}")
+    for name in names:
+        path = pretrained_dir() / name
+        line = f"{name}: {path}"
+        if (path / EVALUATION_NAME).is_file():
+            r = json.loads((path / EVALUATION_NAME).read_text())
+            line += (
+                f"  (test NLL {r['nll']:.2f} +- {r['nll_stderr']:.2f} nats, "
+                f"K={r['num_samples']}, {r['num_examples']} images)"
+            )
+        print(line)
 
 
 def cmd_list(args) -> int:
@@ -481,6 +569,12 @@ def cmd_list(args) -> int:
     from .models import family_options, list_families
     from .registry import config_keys
 
+    if args.presets:
+        _list_presets()
+        return 0
+    if args.pretrained:
+        _list_pretrained()
+        return 0
     for name in list_models():
         print(f"model {name}: config keys {', '.join(config_keys(name))}")
     families = []
@@ -489,6 +583,7 @@ def cmd_list(args) -> int:
         families.append(f"{name} ({', '.join(options)})" if options else name)
     print(f"guide families (options nested under the guide): {', '.join(families)}")
     print(f"datasets: {', '.join(DATASETS)}")
+    print("recipes: pyro-genmodels list --presets; shipped checkpoints: list --pretrained")
     return 0
 
 

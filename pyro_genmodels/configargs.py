@@ -86,7 +86,11 @@ def _flag(name: str) -> str:
 
 
 def add_config_arguments(
-    group, owners: dict[str, type], dest_prefix: str, skip: Iterable[str] = ()
+    group,
+    owners: dict[str, type],
+    dest_prefix: str,
+    skip: Iterable[str] = (),
+    aliases: dict[str, Iterable[str]] | None = None,
 ) -> list[str]:
     """Add ``--field`` options for the fields of the dataclasses in ``owners``.
 
@@ -95,6 +99,7 @@ def add_config_arguments(
         one option whose help names them, with each one's default.
     :param dest_prefix: prefix of the ``argparse`` destinations (see :func:`given`).
     :param skip: fields not offered on the command line.
+    :param aliases: more option strings for a field, e.g. ``{"epochs": ["--max-epochs"]}``.
     :returns: the field names added.
     """
     fields: dict[str, list[tuple[str, dataclasses.Field, Any]]] = {}
@@ -123,6 +128,7 @@ def add_config_arguments(
             kwargs.setdefault("metavar", name.upper())
         group.add_argument(
             _flag(name),
+            *(aliases or {}).get(name, ()),
             dest=dest_prefix + name,
             default=argparse.SUPPRESS,
             help=(helps[name] + suffix).replace("%", "%%"),

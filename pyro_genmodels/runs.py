@@ -38,7 +38,7 @@ from .models import family_options
 from .registry import create_model, make_config, model_from_config
 
 #: training settings that ``resume`` may change; the rest come from the checkpoint
-RESUMABLE = ("epochs", "device", "progress")
+RESUMABLE = ("epochs", "patience", "device", "progress")
 #: guide options that checkpoints of version 0.1.0 hold flat in the model config
 _FLAT_GUIDE_OPTIONS = (
     "num_components", "rank", "flow_steps", "num_classes", "temperature", "straight_through"
@@ -87,11 +87,13 @@ def train_run(
     download: bool = True,
     resume: bool = False,
     on_epoch_end=None,
+    preset: str | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``model_name`` on ``dataset`` and keep everything in the run directory ``out``.
 
     :param model_config: config keys of the model (not ``image_shape``: the data's).
     :param train_config: a :class:`TrainConfig`, or a dict of its keys.
+    :param preset: the name of the recipe the settings came from, kept in the metadata.
 
     With ``resume``, the model, data and training settings come from the checkpoint;
     only the keys in :data:`RESUMABLE` (``epochs``: the total to reach) may change.
@@ -111,6 +113,7 @@ def train_run(
         model_name, model_config = meta["model"], upgrade_model_config(meta["model_config"])
         data = meta["data"]
         dataset, limit, binarization = data["dataset"], data["limit"], data["binarization"]
+        preset = meta.get("preset")
         data_dir = data_dir if data_dir is not None else data.get("data_dir")
     elif ckpt_path.exists():
         raise ValueError(
@@ -144,6 +147,7 @@ def train_run(
             "num_train": len(train),
         },
         "version": __version__,
+        "preset": preset,
     }
     trainer = Trainer(module, train_config, out, metadata)
     metrics = trainer.fit(train, valid.fixed(), resume=resume, on_epoch_end=on_epoch_end)
@@ -207,9 +211,23 @@ def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> R
         module = build_model(meta["model"], meta["image_shape"], **model_config)
         module.load_state_dict(ckpt["module_state"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir} holds a checkpoint this version cannot use: {e}") from e
+        saved = ckpt.get("metadata", {}).get("version") if isinstance(ckpt, dict) else None
+        newer = f" (written by pyro-genmodels {saved}, newer than this {__version__}: upgrade)"
+        why = newer if saved and _version_key(saved) > _version_key(__version__) else ""
+        raise CheckpointError(
+            f"{run_dir} holds a checkpoint this version cannot use{why}: {e}"
+        ) from e
     module.to(device).eval()
     return Run(module, meta, ckpt, run_dir)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """``"0.10.2"`` -> ``(0, 10, 2)``; pre-release suffixes are ignored."""
+    parts = []
+    for part in str(version).split("."):
+        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 def _nanmean(t: torch.Tensor) -> float:

@@ -66,7 +66,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pyro-genmodels checkpoint")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer pyro-genmodels")
+        library = (ckpt.get("metadata") or {}).get("version", "a newer version")
+        raise CheckpointError(
+            f"{path} was written by pyro-genmodels {library} in checkpoint format "
+            f"{ckpt['version']}; this version reads formats up to {CHECKPOINT_VERSION}: "
+            "upgrade pyro-genmodels"
+        )
     return ckpt
 
 

@@ -1,0 +1,154 @@
+"""Shipped checkpoints: ``pretrained/NAME/`` run directories with a model card.
+
+Each holds ``best.pt`` (the module at its best validation ELBO, the weights a paper
+reports), ``metrics.jsonl`` (the training curve), ``evaluation.json`` (the output of
+the evaluation command in the card) and ``README.md`` (the model card). Being run
+directories, they work with every command that reads one::
+
+    pyro-genmodels evaluate pretrained/vae-vampprior-paper --num-samples 5000
+
+and in Python ``load_pretrained("vae-vampprior-paper")`` returns the model. The folder
+is ``$PYRO_GENMODELS_PRETRAINED`` if set, else ``pretrained/`` of the source checkout.
+
+``python -m pyro_genmodels.pretrained RUN_DIR NAME --evaluation FILE.json`` copies a
+finished run there and writes its card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .infer.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from .infer.train import BEST_NAME, METRICS_NAME
+
+CARD_NAME = "README.md"
+EVALUATION_NAME = "evaluation.json"
+
+
+def pretrained_dir() -> Path:
+    """Where shipped checkpoints live: ``$PYRO_GENMODELS_PRETRAINED``, else the checkout's
+    ``pretrained/``."""
+    env = os.environ.get("PYRO_GENMODELS_PRETRAINED")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "pretrained"
+
+
+def list_pretrained() -> list[str]:
+    """Names of the shipped checkpoints (folders of :func:`pretrained_dir` with a ``best.pt``)."""
+    root = pretrained_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / BEST_NAME).is_file())
+
+
+def pretrained_path(name: str) -> Path:
+    """The run directory of a shipped checkpoint.
+
+    :raises ValueError: an unknown name, listing the shipped ones.
+    """
+    path = pretrained_dir() / str(name)
+    if not (path / BEST_NAME).is_file():
+        names = ", ".join(list_pretrained()) or f"none in {pretrained_dir()}"
+        raise ValueError(f"unknown pretrained model {name!r}; valid: {names}")
+    return path
+
+
+def load_pretrained(name: str, device: str = "cpu") -> torch.nn.Module:
+    """A shipped model by name (see :func:`list_pretrained`), in eval mode.
+
+    >>> vae = load_pretrained("vae-vampprior-paper")  # doctest: +SKIP
+    >>> log_px = log_marginal(vae.model, vae.guide, x, 5000)  # doctest: +SKIP
+
+    :raises ValueError: an unknown name; a checkpoint this version cannot read says why
+        (e.g. written by a newer pyro-genmodels).
+    """
+    from .runs import load_run
+
+    return load_run(pretrained_path(name), device, which="best").module
+
+
+def _card(name: str, best: dict, metrics: list[dict], evaluation: dict | None) -> str:
+    meta = best["metadata"]
+    data = meta["data"]
+    seconds = sum(row.get("seconds", 0.0) for row in metrics)
+    last = metrics[-1] if metrics else {}
+    stopped = (
+        f"stopped early after epoch {last['epoch']} (patience)"
+        if last.get("stopped_early")
+        else f"{len(metrics)} epochs"
+    )
+    lines = [
+        f"# {name}",
+        "",
+        f"- model: `{meta['model']}`"
+        + (f", recipe `--preset {meta['preset']}`" if meta.get("preset") else ""),
+        f"- data: `{data['dataset']}` ({data['num_train']} training images), "
+        f"{data['binarization']} binarization, image shape {tuple(meta['image_shape'])}",
+        f"- training: {stopped}; these weights are epoch {best['epoch']}, the best validation "
+        f"ELBO ({max(r.get('valid_elbo', float('-inf')) for r in metrics):.3f} nats)",
+        f"- training time: {seconds / 3600:.2f} h of epochs (sum of `seconds` in metrics.jsonl)",
+        f"- written by pyro-genmodels {meta.get('version', '?')}",
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(meta["model_config"], indent=2, default=str),
+        "```",
+    ]
+    if evaluation is not None:
+        cmd = (
+            f"pyro-genmodels evaluate pretrained/{name} --num-samples "
+            f"{evaluation['num_samples']} --split {evaluation['split']}"
+        )
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            "```",
+            cmd,
+            "```",
+            "",
+            f"NLL {evaluation['nll']:.2f} +- {evaluation['nll_stderr']:.2f} nats "
+            f"(K = {evaluation['num_samples']}, {evaluation['num_examples']} "
+            f"{evaluation['split']} images), ELBO {evaluation['elbo']:.2f}, KL "
+            f"{evaluation['kl']:.2f}, PSIS k mean {evaluation['psis_khat_mean']:.2f}; "
+            f"{evaluation['seconds']:.0f} s. Full output: `{EVALUATION_NAME}`.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export_pretrained(run_dir: str | Path, name: str, evaluation: str | Path | None = None) -> Path:
+    """Copy a run's ``best.pt`` and ``metrics.jsonl`` to ``pretrained/NAME`` with a model card.
+
+    :param evaluation: the ``evaluate --json`` output of the run, quoted in the card.
+    """
+    run_dir = Path(run_dir)
+    best = load_checkpoint(run_dir / BEST_NAME)
+    metrics = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    result = json.loads(Path(evaluation).read_text()) if evaluation else None
+    out = pretrained_dir() / name
+    out.mkdir(parents=True, exist_ok=True)
+    save_atomic(best, out / BEST_NAME)
+    shutil.copyfile(run_dir / METRICS_NAME, out / METRICS_NAME)
+    if result is not None:
+        write_text_atomic(json.dumps(result, indent=2) + "\n", out / EVALUATION_NAME)
+    write_text_atomic(_card(name, best, metrics, result), out / CARD_NAME)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="copy a finished run to pretrained/NAME")
+    parser.add_argument("run_dir")
+    parser.add_argument("name")
+    parser.add_argument("--evaluation", help="the run's evaluate --json output")
+    args = parser.parse_args(argv)
+    print(export_pretrained(args.run_dir, args.name, args.evaluation))
+
+
+if __name__ == "__main__":
+    main()
