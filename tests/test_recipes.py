@@ -1,0 +1,321 @@
+"""Issue 11: the papers' recipes as presets, early stopping, gated layers, shipped checkpoints."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from test_cli import assert_one_line_error, run
+
+import pyro_genmodels as pg
+from pyro_genmodels import pretrained, runs
+from pyro_genmodels.infer import TrainConfig, Trainer, load_checkpoint, log_marginal
+from pyro_genmodels.infer.checkpoint import save_atomic
+from pyro_genmodels.nn import GatedDense
+from pyro_genmodels.presets import list_presets, load_preset
+from pyro_genmodels.registry import make_config
+
+# -- presets ----------------------------------------------------------------------------------
+
+
+def test_the_paper_recipes_load_into_exactly_the_documented_settings():
+    """Tomczak & Welling (2018), section 5 and their code: gated MLPs of 300 units, z of 40,
+    Bernoulli decoder, Adam lr 5e-4, batch 100, 100 epochs of linear KL warm-up, early
+    stopping with patience 50 for at most 2000 epochs, 500 pseudo-inputs hardtanh(w)."""
+    assert {"vae-paper", "vae-vampprior-paper", "iwae-k5-paper"} <= set(list_presets())
+    common_model = dict(
+        latent_dim=40,
+        hidden_dims=(300, 300),
+        hidden_layer="gated",
+        weight_init="he-normal",
+        likelihood="bernoulli",
+        guide="diagonal",
+        network="mlp",
+    )
+    common_train = dict(
+        lr=5e-4, batch_size=100, anneal_epochs=100, patience=50, epochs=2000, optimizer="adam"
+    )
+    expected = {
+        "vae-paper": ({"prior": "standard"}, {"objective": "elbo", "num_particles": 1}),
+        "vae-vampprior-paper": (
+            {
+                "prior": "vamp",
+                "prior_components": 500,
+                "pseudo_input_map": "hardtanh",
+                "pseudo_input_mean": 0.05,
+                "pseudo_input_std": 0.01,
+            },
+            {"objective": "elbo", "num_particles": 1},
+        ),  # fmt: skip
+        "iwae-k5-paper": ({"prior": "standard"}, {"objective": "iwae", "num_particles": 5}),
+    }
+    for name, (model_keys, train_keys) in expected.items():
+        preset = load_preset(name)
+        assert (preset.model, preset.dataset, preset.binarization) == (
+            "vae", "binarized-mnist", "static"
+        )  # fmt: skip
+        config = make_config(preset.model, image_shape=(1, 28, 28), **preset.model_config)
+        for key, value in {**common_model, **model_keys}.items():
+            assert getattr(config, key) == value, (name, key)
+        assert config.guide_options.log_var_bounds == (-6.0, 2.0)
+        train = TrainConfig(**preset.train)
+        for key, value in {**common_train, **train_keys}.items():
+            assert getattr(train, key) == value, (name, key)
+        defaults = TrainConfig()
+        assert (train.beta, train.free_bits) == (defaults.beta, defaults.free_bits)
+
+
+def test_the_vampprior_recipe_builds_the_papers_network():
+    preset = load_preset("vae-vampprior-paper")
+    torch.manual_seed(0)
+    vae = pg.create_model("vae", image_shape=(1, 28, 28), **preset.model_config)
+    enc = [m.linear for m in vae.encoder.modules() if isinstance(m, GatedDense)]
+    dec = [m.linear for m in vae.decoder.modules() if isinstance(m, GatedDense)]
+    assert [(lin.in_features, lin.out_features) for lin in enc] == [(784, 600), (300, 600)]
+    assert [(lin.in_features, lin.out_features) for lin in dec] == [(40, 600), (300, 600)]
+    assert vae.decoder.net[-1].out_features == 784
+    # He-normal weights: std sqrt(2 / fan_in) on every linear layer
+    assert enc[0].weight.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.02)
+    assert vae.posterior.loc.weight.std().item() == pytest.approx((2 / 300) ** 0.5, rel=0.05)
+    u = vae.prior.pseudo_inputs()
+    assert u.shape == (500, 1, 28, 28) and u.min() >= 0 and u.max() <= 1
+    assert u.mean().item() == pytest.approx(0.05, abs=1e-3)
+    assert u.std().item() == pytest.approx(0.01, rel=0.05)
+    # the bounded log variance: sigma^2 in [e^-6, e^2] whatever the features
+    h = torch.randn(1000, 300) * 100
+    scale = vae.posterior.scale(h)
+    assert scale.min() >= torch.tensor(-3.0).exp() * (1 - 1e-6)
+    assert scale.max() <= torch.tensor(1.0).exp() * (1 + 1e-6)
+
+
+def test_unknown_preset_or_key_is_a_one_line_error_listing_the_valid_ones(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--preset", "vae-papr", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "unknown preset 'vae-papr'; valid: iwae-k5-paper, vae-paper")
+    bad = {
+        "train_key.toml": ('model = "vae"\ndataset = "digits"\n[train]\nlearning_rate = 0.1\n',
+                           "unknown [train] key(s) ['learning_rate']; valid: epochs, patience"),
+        "model_key.toml": ('model = "vae"\ndataset = "digits"\n[model_config]\nlatent = 4\n',
+                           "unknown config key(s) ['latent'] for model 'vae'; valid keys:"),
+        "top_key.toml": ('model = "vae"\ndataset = "digits"\nepochs = 3\n',
+                         "unknown key(s) ['epochs']; valid: description, reference, model"),
+        "guide_key.toml": ('model = "vae"\ndataset = "digits"\n[model_config.guide_options]\n'
+                           "rank = 2\n", "unknown option(s) ['rank'] for guide family 'diagonal'"),
+        "value.toml": ('model = "vae"\ndataset = "digits"\n[train]\npatience = -1\n',
+                       "patience must be a non-negative integer"),
+        "syntax.toml": ("model = \n", "is not valid TOML"),
+    }  # fmt: skip
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=None) as info:
+            load_preset(tmp_path / name)
+        assert message in str(info.value), (name, str(info.value))
+        code, _, err = run(capsys, "train", "--config", tmp_path / name, "--out", tmp_path / "r")
+        assert_one_line_error(code, err, message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_command_line_options_override_the_recipe(tmp_path, capsys):
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(
+        'model = "vae"\ndataset = "digits"\n[model_config]\nlatent_dim = 3\nhidden_dims = [16]\n'
+        'hidden_layer = "gated"\n[model_config.guide_options]\nlog_var_bounds = [-6.0, 2.0]\n'
+        "[train]\nepochs = 5\nbatch_size = 100\nlr = 5e-4\npatience = 7\n"
+    )
+    out = tmp_path / "r"
+    code, stdout, err = run(
+        capsys, "train", "--config", recipe, "--out", out, "--max-epochs", 2, "--lr", 1e-3,
+        "--limit", 200, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    train = ckpt["train_config"]
+    assert (train["epochs"], train["lr"], train["batch_size"], train["patience"]) == (
+        2, 1e-3, 100, 7
+    )  # fmt: skip
+    model = ckpt["metadata"]["model_config"]
+    assert (model["latent_dim"], model["hidden_layer"]) == (3, "gated")
+    assert ckpt["metadata"]["preset"] == "small"
+    code, _, err = run(capsys, "train", "--config", recipe, "--out", out, "--resume")
+    assert_one_line_error(code, err, "--resume takes every setting from the checkpoint")
+
+
+# -- early stopping ---------------------------------------------------------------------------
+
+
+def _scripted(monkeypatch, values):
+    """Trainer.validate returns ``values[epoch]`` for the epoch being validated."""
+
+    def validate(self, valid_data):
+        return {"valid_elbo": values[self.epoch], "valid_kl": 0.0}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    vae = pg.create_model("vae", image_shape=(1, 4, 4), latent_dim=2, hidden_dims=(8,))
+    data = torch.bernoulli(torch.full((32, 1, 4, 4), 0.5))
+    return vae, data
+
+
+SCRIPT = [-10, -9, -8, -8.5, -8.2, -7, -7.5, -7.6, -7.7, -5, -4, -3]
+
+
+def test_early_stopping_stops_at_the_right_epoch(monkeypatch, tmp_path):
+    _scripted(monkeypatch, SCRIPT)
+    vae, data = _tiny()
+    config = TrainConfig(epochs=12, patience=3, batch_size=16, progress=False)
+    metrics = Trainer(vae, config, tmp_path).fit(data, data)
+    # best at epoch 6 (-7); epochs 7, 8, 9 are worse: the third of them stops the run
+    assert [r["epoch"] for r in metrics] == list(range(1, 10))
+    assert metrics[-1]["stopped_early"] and metrics[-1]["best_epoch"] == 6
+    assert [r["epochs_since_best"] for r in metrics] == [0, 0, 0, 1, 2, 0, 1, 2, 3]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 6
+    # patience 0 never stops; epochs stays the maximum
+    metrics = Trainer(_tiny()[0], dataclasses.replace(config, patience=0)).fit(data, data)
+    assert len(metrics) == 12 and not any(r.get("stopped_early") for r in metrics)
+
+
+def test_warm_up_epochs_do_not_count_towards_the_patience(monkeypatch):
+    _scripted(monkeypatch, [-5, -6, -7, -8, -9, -10, -11, -12])
+    vae, data = _tiny()
+    config = TrainConfig(epochs=8, patience=2, anneal_epochs=5, batch_size=16, progress=False)
+    metrics = Trainer(vae, config).fit(data, data)
+    # best at epoch 1; epochs 2-4 anneal the KL weight, epoch 5 (weight reaches 1) counts
+    assert [r["epochs_since_best"] for r in metrics] == [0, 0, 0, 0, 1, 2]
+
+
+def test_resume_keeps_the_patience_counter(monkeypatch, tmp_path):
+    _scripted(monkeypatch, SCRIPT)
+    config = TrainConfig(epochs=12, patience=3, batch_size=16, progress=False)
+    vae, data = _tiny()
+    whole = Trainer(vae, config, tmp_path / "whole").fit(data, data)
+    vae, data = _tiny()
+    Trainer(vae, dataclasses.replace(config, epochs=7), tmp_path / "cut").fit(data, data)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["early_stopping"] == {
+        "best_epoch": 6, "since_best": 1, "stopped": False
+    }  # fmt: skip
+    vae, _ = _tiny()
+    resumed = Trainer(vae, config, tmp_path / "cut").fit(data, data, resume=True)
+    assert resumed == whole or [
+        {k: v for k, v in r.items() if k != "seconds"} for r in resumed
+    ] == [{k: v for k, v in r.items() if k != "seconds"} for r in whole]
+    # a stopped run stays stopped when resumed with more epochs
+    vae, _ = _tiny()
+    again = Trainer(vae, dataclasses.replace(config, epochs=50), tmp_path / "cut")
+    assert len(again.fit(data, data, resume=True)) == 9
+
+
+def test_early_stopping_needs_validation_data():
+    vae, data = _tiny()
+    with pytest.raises(ValueError, match="early stopping .* needs validation data"):
+        Trainer(vae, TrainConfig(epochs=2, patience=1, progress=False)).fit(data)
+
+
+# -- gated layers -----------------------------------------------------------------------------
+
+
+def test_gated_dense_is_a_times_sigmoid_b_with_gradients_to_both_halves():
+    torch.manual_seed(0)
+    layer = GatedDense(5, 3).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    w, b = layer.linear.weight, layer.linear.bias
+    a_pre = x @ w[:3].T + b[:3]
+    b_pre = x @ w[3:].T + b[3:]
+    h = layer(x)
+    torch.testing.assert_close(h, a_pre * torch.sigmoid(b_pre), rtol=0, atol=1e-14)
+    upstream = torch.randn(7, 3, dtype=torch.float64)
+    (h * upstream).sum().backward()
+    s = torch.sigmoid(b_pre).detach()
+    grad_a = upstream * s  # d/da (a * sigmoid(b))
+    grad_b = upstream * a_pre.detach() * s * (1 - s)  # d/db
+    torch.testing.assert_close(w.grad[:3], grad_a.T @ x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(w.grad[3:], grad_b.T @ x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        b.grad, torch.cat([grad_a.sum(0), grad_b.sum(0)]), rtol=0, atol=1e-12
+    )
+    assert w.grad[:3].abs().min() > 0 and w.grad[3:].abs().min() > 0
+
+
+@pytest.mark.parametrize("model", ["vae", "autoencoder", "pixelvae"])
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+def test_every_model_can_use_gated_layers(model, network):
+    likelihood = "categorical" if model == "pixelvae" else "bernoulli"
+    torch.manual_seed(0)
+    m = pg.create_model(
+        model, image_shape=(1, 8, 8), latent_dim=2, hidden_dims=(16,), hidden_layer="gated",
+        network=network, likelihood=likelihood,
+    )  # fmt: skip
+    gated = [mod for mod in m.modules() if type(mod).__name__ in ("GatedDense", "GatedConv2d")]
+    assert gated and not any(isinstance(mod, torch.nn.ReLU) for mod in m.encoder.modules())
+    x = torch.randint(0, 2, (3, 1, 8, 8)).float() * (255 if likelihood == "categorical" else 1)
+    lm = log_marginal(m.model, m.guide, x, 4) if model != "autoencoder" else None
+    assert lm is None or torch.isfinite(lm).all()
+    with pytest.raises(ValueError, match="unknown hidden_layer 'glu'; valid: relu, gated"):
+        pg.create_model(model, image_shape=(1, 8, 8), hidden_layer="glu")
+
+
+# -- shipped checkpoints ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_GENMODELS_PRETRAINED", str(tmp_path / "pretrained"))
+    out = tmp_path / "run"
+    runs.train_run(
+        "vae", "digits", out,
+        model_config={"latent_dim": 3, "hidden_dims": (16,), "hidden_layer": "gated",
+                      "prior": "vamp", "prior_components": 5, "pseudo_input_map": "hardtanh",
+                      "pseudo_input_mean": 0.5},
+        train_config={"epochs": 2, "batch_size": 64, "progress": False},
+    )  # fmt: skip
+    return out
+
+
+def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
+    before = runs.load_run(shipped, which="best").module
+    x = runs.load_run(shipped).dataset("test", limit=20).fixed()
+    torch.manual_seed(3)
+    expected = log_marginal(before.model, before.guide, x, 50)
+    code, _, err = run(capsys, "evaluate", shipped, "--num-samples", 10, "--json",
+                       tmp_path / "e.json", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    pretrained.export_pretrained(shipped, "tiny", tmp_path / "e.json")
+    assert pg.list_pretrained() == ["tiny"]
+    after = pg.load_pretrained("tiny")
+    assert not after.training
+    torch.manual_seed(3)
+    torch.testing.assert_close(log_marginal(after.model, after.guide, x, 50), expected, rtol=0,
+                               atol=0)  # fmt: skip
+    card = (tmp_path / "pretrained" / "tiny" / "README.md").read_text()
+    assert "pyro-genmodels evaluate pretrained/tiny --num-samples 10" in card
+    code, out, _ = run(capsys, "list", "--pretrained")
+    assert code == 0 and "tiny:" in out and "K=10" in out
+    code, out, err = run(capsys, "evaluate", tmp_path / "pretrained" / "tiny", "--num-samples",
+                         10, "--json", tmp_path / "again.json", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    first, again = (json.loads((tmp_path / f).read_text()) for f in ("e.json", "again.json"))
+    assert again["nll"] == first["nll"] and again["epoch"] == first["epoch"]
+    with pytest.raises(ValueError, match="unknown pretrained model 'nope'; valid: tiny"):
+        pg.load_pretrained("nope")
+
+
+def test_a_checkpoint_from_a_newer_version_fails_with_a_clear_message(shipped, tmp_path, capsys):
+    ckpt = load_checkpoint(shipped / "best.pt")
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    ckpt["metadata"] = {**ckpt["metadata"], "version": "9.1.0"}
+    ckpt["metadata"]["model_config"] = {**ckpt["metadata"]["model_config"], "future_key": 1}
+    save_atomic(ckpt, newer / "best.pt")
+    code, _, err = run(capsys, "evaluate", newer, "--num-samples", 2)
+    assert_one_line_error(code, err, "written by pyro-genmodels 9.1.0, newer than this 0.1.0")
+    assert "future_key" in err
+    ckpt["version"] = 99
+    save_atomic(ckpt, newer / "best.pt")
+    code, _, err = run(capsys, "evaluate", newer, "--num-samples", 2)
+    assert_one_line_error(code, err, "written by pyro-genmodels 9.1.0 in checkpoint format 99")
+    # a newer library whose checkpoint uses nothing new loads
+    ckpt = load_checkpoint(shipped / "best.pt")
+    ckpt["metadata"] = {**ckpt["metadata"], "version": "9.1.0"}
+    save_atomic(ckpt, newer / "best.pt")
+    assert runs.load_run(newer, which="best").module is not None
