@@ -10,11 +10,13 @@ from .likelihoods import (
     get_likelihood,
 )
 from .logistic_mixture import DiscretizedLogisticMixture
+from .mixture import DiagonalNormalMixture
 
 __all__ = [
     "LIKELIHOODS",
     "BernoulliLikelihood",
     "CategoricalLikelihood",
+    "DiagonalNormalMixture",
     "DiscretizedLogisticMixture",
     "LogisticMixtureLikelihood",
     "GaussianLikelihood",

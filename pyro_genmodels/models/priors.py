@@ -17,6 +17,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..distributions.mixture import DiagonalNormalMixture
 from ..distributions.relaxed import uniform_one_hot
 
 
@@ -95,8 +96,7 @@ class MixtureOfGaussiansPrior(Prior):
     def marginal(self) -> dist.TorchDistribution:
         """p(z) with y summed out, as one distribution."""
         scale = self.log_scales.clamp(-7, 5).exp()
-        comp = dist.Normal(self.locs, scale).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
+        return DiagonalNormalMixture(self.logits, self.locs, scale)
 
     def sample_site(self, name, ref, owner=None):
         y = pyro.sample(
@@ -162,8 +162,11 @@ class VampPrior(Prior):
     def distribution(self, owner) -> dist.TorchDistribution:
         u = self.pseudo_inputs()  # (K, C, H, W)
         q = owner.posterior(owner.encoder(u))  # batch (K,), event (D,)
-        mix = dist.Categorical(logits=u.new_zeros(self.num_components))
-        return dist.MixtureSameFamily(mix, q)
+        logits = u.new_zeros(self.num_components)
+        normal = getattr(q, "base_dist", None)
+        if type(normal) is dist.Normal and normal.loc.dim() == 2:  # diagonal q: matmul density
+            return DiagonalNormalMixture(logits, normal.loc, normal.scale)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), q)
 
     def sample_site(self, name, ref, owner=None):
         return pyro.sample(name, self.distribution(owner))
