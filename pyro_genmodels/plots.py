@@ -87,17 +87,39 @@ def plot_reconstructions(
 
 
 def plot_training_curves(metrics: Sequence[dict], path=None):
-    """Training loss and validation -ELBO per epoch, with the validation KL beside them."""
+    """Training loss and validation -ELBO per epoch, with the validation KL beside them.
+
+    Long runs are drawn as lines: the KL warm-up is shaded (the training loss there is the
+    down-weighted objective, not the ELBO), the best validation epoch (``best.pt``) marked,
+    and the nats axis zoomed past the first tenth of the epochs.
+    """
     epochs = [m["epoch"] for m in metrics]
+    style = "-" if len(metrics) > 50 else "o-"
     fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train loss (-ELBO)")
+    curves = [[m["train_loss"] for m in metrics]]
+    ax.plot(epochs, curves[0], style, label="train loss (-ELBO; beta-weighted KL)")
     if metrics and "valid_elbo" in metrics[0]:
-        ax.plot(epochs, [-m["valid_elbo"] for m in metrics], "s-", label="valid -ELBO")
+        curves.append([-m["valid_elbo"] for m in metrics])
+        ax.plot(epochs, curves[-1], style.replace("o", "s"), label="valid -ELBO")
+        best = max(metrics, key=lambda m: m["valid_elbo"])
+        ax.axvline(best["epoch"], color="k", lw=0.8, ls=":")
+        ax.annotate(
+            f"best {-best['valid_elbo']:.2f} (epoch {best['epoch']})",
+            (best["epoch"], -best["valid_elbo"]),
+            textcoords="offset points", xytext=(-5, 12), ha="right", fontsize=8,
+        )  # fmt: skip
+    warm = [m["epoch"] for m in metrics if m.get("kl_weight", 1.0) < 1.0]
+    if warm:
+        for a in (ax, ax_kl):
+            a.axvspan(0, max(warm), color="0.9", zorder=0, label="KL warm-up" if a is ax else None)
+    if len(metrics) > 20:
+        tail = [v for curve in curves for v in curve[len(metrics) // 10 :]]
+        ax.set_ylim(min(tail) - 2, max(tail) + 2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.legend()
     if metrics and "valid_kl" in metrics[0]:
-        ax_kl.plot(epochs, [m["valid_kl"] for m in metrics], "o-", color="C2")
+        ax_kl.plot(epochs, [m["valid_kl"] for m in metrics], style, color="C2")
     ax_kl.set_xlabel("epoch")
     ax_kl.set_ylabel("valid KL(q || p), nats")
     fig.tight_layout()
