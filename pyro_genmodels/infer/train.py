@@ -8,9 +8,12 @@ That keeps the whole optimizer state in one ``state_dict`` for exact resume.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
-import time
+import signal
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,7 @@ import pyro
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.poutine.scale_messenger import ScaleMessenger
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -33,11 +35,8 @@ from .checkpoint import (
     set_rng_state,
     write_jsonl_atomic,
 )
-from .free_bits import FreeBitsELBO
 from .hints import hint
-from .importance import _max_plate_nesting, log_importance_weights
 from .iwae import IWAE_ELBO
-from .kl import kl_divergence
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"  # the module at the best validation ELBO so far (model selection)
@@ -76,6 +75,9 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
 Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum"]
 Optimizer = Literal["adam", "clipped-adam"]
 Device = Literal["auto", "cpu", "cuda"]
+Accelerator = Literal["auto", "cpu", "gpu"]
+Precision = Literal["32", "16-mixed", "bf16-mixed"]
+LoggerName = Literal["none", "csv", "tensorboard"]
 #: "auto" asks the module (``module.default_objective``), else uses "elbo"
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -123,6 +125,52 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def resolve_accelerator(config: TrainConfig) -> str:
+    """Lightning's accelerator from ``accelerator`` and the older ``device`` setting.
+
+    :raises ValueError: the two disagree, GPUs asked for without CUDA, or an unknown
+        strategy.
+    """
+    accelerator = config.accelerator
+    if config.device != "auto":
+        implied = {"cpu": "cpu", "cuda": "gpu"}[config.device]
+        if accelerator not in ("auto", implied):
+            raise ValueError(
+                f"--device {config.device} and --accelerator {accelerator} disagree; give one"
+            )
+        accelerator = implied
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ValueError("--accelerator gpu was requested but no CUDA device is available")
+    if accelerator == "gpu" and config.devices > torch.cuda.device_count():
+        raise ValueError(
+            f"--devices {config.devices} GPUs requested but {torch.cuda.device_count()} available"
+        )
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if config.strategy not in strategies:
+        raise ValueError(f"unknown strategy {config.strategy!r}; valid: {', '.join(strategies)}")
+    return accelerator
+
+
+def make_logger(name: str, run_dir: Path | None):
+    """Lightning's logger for ``name`` (``none``: False), writing under ``run_dir``."""
+    if name == "none":
+        return False
+    if run_dir is None:
+        raise ValueError(f"--logger {name} needs a run directory")
+    from lightning.pytorch import loggers
+
+    if name == "csv":
+        return loggers.CSVLogger(str(run_dir), name="lightning_logs")
+    try:
+        return loggers.TensorBoardLogger(str(run_dir), name="lightning_logs")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"--logger tensorboard needs the tensorboard package ({e})") from None
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10  # most passes over the training data (with --resume: the total to reach)
@@ -137,7 +185,13 @@ class TrainConfig:
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
     free_bits: float = 0.0  # KL floor in nats per latent dimension (0: off); elbo objective
     seed: int = 0  # random seed (initial weights, batches, samples)
-    device: Device = "auto"  # auto: CUDA when available, else CPU
+    device: Device = "auto"  # auto: CUDA when available, else CPU (or use --accelerator)
+    accelerator: Accelerator = "auto"  # Lightning's: auto (a GPU when available), cpu, gpu
+    devices: int = 1  # processes per node (GPUs, or CPU processes); batch_size is per process
+    num_nodes: int = 1  # machines (each runs --devices processes)
+    strategy: str = "auto"  # Lightning's: auto, ddp, ddp_spawn, ... (several devices: ddp)
+    precision: Precision = "32"  # 32, 16-mixed or bf16-mixed (autocast; the ELBO sums in fp32)
+    logger: LoggerName = "none"  # also log to RUN_DIR/lightning_logs: csv or tensorboard
     valid_batch_size: int = 500  # images per validation batch
     validate: bool = True  # Pyro's argument and shape checks (off: ~10% faster steps)
     progress: bool = True  # tqdm progress bar with the running loss
@@ -151,7 +205,15 @@ class TrainConfig:
             make_elbo(self.objective, self.num_particles)  # validates both
         elif int(self.num_particles) < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
-        for key in ("epochs", "batch_size", "num_particles", "valid_batch_size", "patience"):
+        for key, kind in (("accelerator", Accelerator), ("precision", Precision),
+                          ("logger", LoggerName)):  # fmt: skip
+            valid = get_args(kind)
+            if getattr(self, key) not in valid:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}")
+        for key in (
+            "epochs", "batch_size", "num_particles", "valid_batch_size", "patience", "devices",
+            "num_nodes",
+        ):  # fmt: skip
             value = getattr(self, key)
             low = 0 if key == "patience" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -180,22 +242,38 @@ class _TensorBatches(Dataset):
         return self.data[index]
 
 
-def _batches(dataset: Dataset, batch_size: int, generator: torch.Generator | None) -> DataLoader:
-    """A DataLoader yielding whole batches via batched indexing (fast for in-memory data)."""
-    base = RandomSampler(dataset, generator=generator) if generator is not None else None
-    if base is None:
-        base = range(len(dataset))
-    sampler = BatchSampler(base, batch_size, drop_last=False)
-    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=lambda b: b)
+@contextlib.contextmanager
+def quiet_lightning():
+    """Lightning's banners (accelerators found, tips, "fit stopped") and its pytree
+    deprecation warning stay out of the library's output; its warnings about the run do not."""
+    names = ("lightning.pytorch", "lightning.fabric")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+            # fit without validation data is a supported case, not a mistake
+            warnings.filterwarnings("ignore", message="You defined a `validation_step` but")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
 
 
 class Trainer:
-    """Fit a module with ``model(x)`` and ``guide(x)`` methods by SVI.
+    """Fit a module with ``model(x)`` and ``guide(x)`` methods by SVI on PyTorch Lightning.
 
     :param module: e.g. ``create_model("vae", ...)``; its parameters are optimized.
-    :param config: a :class:`TrainConfig`.
-    :param run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (None: nowhere).
+    :param config: a :class:`TrainConfig` (its ``accelerator``, ``devices``, ``num_nodes``,
+        ``strategy``, ``precision`` and ``logger`` go to ``lightning.pytorch.Trainer``).
+    :param run_dir: where ``checkpoint.pt``, ``best.pt`` and ``metrics.jsonl`` go (None:
+        nowhere); written by rank 0 only.
     :param metadata: opaque data stored in every checkpoint (model name, config, dataset).
+
+    Lightning runs the loop (:class:`~pyro_genmodels.infer.lightning.SVIModule`); this
+    object holds what outlives a ``fit`` call: the counters, the metrics, the best
+    validation ELBO and the early-stopping state, all saved in ``checkpoint.pt``.
     """
 
     def __init__(
@@ -206,30 +284,44 @@ class Trainer:
         metadata: dict | None = None,
     ):
         self.config = config or TrainConfig()
-        self.device = resolve_device(self.config.device)
-        self.module = module.to(self.device)
+        self.accelerator = resolve_accelerator(self.config)
+        self.module = module
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metadata = dict(metadata or {})
         self.objective = resolve_objective(self.config.objective, module)
-        self.elbo = None  # built at the first step, when the plate nesting is known
-        self.optimizer = self._make_optimizer()
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
+        self.steps_per_epoch = 1
         self.metrics: list[dict] = []
         self.best_valid_elbo = -math.inf
         self.best_epoch = 0  # the epoch of best.pt (0: none yet)
         self.since_best = 0  # epochs counted towards the patience since best_epoch
         self.stopped = False  # early stopping ended the run
+        self.has_validation = False
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_state: dict | None = None  # from a checkpoint, for make_optimizer
+        self._rng_state: dict | None = None
+        self._on_epoch_end: Callable[[dict], None] | None = None
+        self._lightning: Any = None
 
     # -- set-up ---------------------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.module.parameters() if p.requires_grad]
+    def make_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
+        """The optimizer over ``module``'s parameters (with a checkpoint's state, on resume)."""
+        params = [p for p in module.parameters() if p.requires_grad]
         if self.config.optimizer == "clipped-adam":
-            return ClippedAdam(params, lr=self.config.lr, clip_norm=self.config.clip_norm)
-        try:  # the fused kernel is several times faster than the per-tensor loop
-            return torch.optim.Adam(params, lr=self.config.lr, fused=True)
-        except (RuntimeError, TypeError):
-            return torch.optim.Adam(params, lr=self.config.lr)
+            optimizer = ClippedAdam(params, lr=self.config.lr, clip_norm=self.config.clip_norm)
+        else:
+            try:  # the fused kernel is several times faster than the per-tensor loop
+                optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=True)
+            except (RuntimeError, TypeError):
+                optimizer = torch.optim.Adam(params, lr=self.config.lr)
+        if self._optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(self._optimizer_state)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise CheckpointError(f"checkpoint does not match this model: {e}") from e
+        self.optimizer = optimizer
+        return optimizer
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -251,7 +343,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "module_state": self.module.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
+            "optimizer_state": self.optimizer.state_dict() if self.optimizer else {},
             "train_config": dataclasses.asdict(self.config),
             "rng": get_rng_state(),
             "metadata": self.metadata,
@@ -279,12 +371,13 @@ class Trainer:
         write_jsonl_atomic(self.metrics, self.run_dir / METRICS_NAME)
 
     def load(self, ckpt: dict) -> None:
-        """Restore module, optimizer, counters, metrics and RNG state from a checkpoint."""
+        """Restore module, counters, metrics from a checkpoint; the optimizer state and the
+        RNG state are applied when training starts."""
         try:
             self.module.load_state_dict(ckpt["module_state"])
-            self.optimizer.load_state_dict(ckpt["optimizer_state"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint does not match this model: {e}") from e
+        self._optimizer_state = ckpt["optimizer_state"]
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.metrics = list(ckpt.get("metrics", []))
         self.best_valid_elbo = float(ckpt.get("best_valid_elbo", -math.inf))
@@ -292,7 +385,7 @@ class Trainer:
         self.best_epoch = int(stopping.get("best_epoch", 0))
         self.since_best = int(stopping.get("since_best", 0))
         self.stopped = bool(stopping.get("stopped", False))
-        set_rng_state(ckpt["rng"])
+        self._rng_state = ckpt["rng"]
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(
@@ -302,13 +395,14 @@ class Trainer:
         resume: bool = False,
         on_epoch_end: Callable[[dict], None] | None = None,
     ) -> list[dict]:
-        """Train until ``config.epochs`` epochs are complete; returns the per-epoch metrics.
-        The module is left in eval mode, ready to be scored.
+        """Train until ``config.epochs`` epochs are complete (or early stopping); returns the
+        per-epoch metrics. The module is left in eval mode, ready to be scored.
 
         :param train_data: a tensor of images, or a Dataset indexed by lists of indices
             that returns a batch (e.g. :class:`pyro_genmodels.data.ImageDataset`).
         :param valid_data: images for the per-epoch validation ELBO and KL.
         :param resume: continue from ``run_dir/checkpoint.pt``.
+        :param on_epoch_end: called with each epoch's metrics row, on rank 0.
         """
         if isinstance(train_data, torch.Tensor):
             train_data = _TensorBatches(train_data)
@@ -316,30 +410,115 @@ class Trainer:
             raise ValueError("the training set is empty")
         if valid_data is not None and len(valid_data) == 0:
             raise ValueError("the validation set is empty (pass valid_data=None to skip it)")
+        if self.config.patience and valid_data is None:
+            raise ValueError("early stopping (patience > 0) needs validation data")
         if resume:
             if self.checkpoint_path is None:
                 raise ValueError("resume needs a run_dir")
-            self.load(load_checkpoint(self.checkpoint_path, map_location=self.device))
-        else:
-            pyro.set_rng_seed(self.config.seed)
-        if self.config.patience and valid_data is None:
-            raise ValueError("early stopping (patience > 0) needs validation data")
-        steps_per_epoch = math.ceil(len(train_data) / self.config.batch_size)
-        while self.epoch < self.config.epochs and not self.stopped:
-            row = self._train_epoch(train_data, steps_per_epoch)
-            best = False
-            if valid_data is not None:
-                row.update(self.validate(valid_data))
-                best = row["valid_elbo"] > self.best_valid_elbo
-                self._early_stopping(row, best)
-            self._check_finite(row)
-            self.metrics.append(row)
-            self.epoch += 1
-            self.save(best=best)
-            if on_epoch_end is not None:
-                on_epoch_end(row)
+            self.load(load_checkpoint(self.checkpoint_path, map_location="cpu"))
+        self.has_validation = valid_data is not None
+        self._on_epoch_end = on_epoch_end
+        remaining = self.config.epochs - self.epoch
+        if remaining > 0 and not self.stopped:
+            with quiet_lightning():
+                self._fit_lightning(train_data, valid_data, resume, remaining)
         self.module.eval()  # scored as trained: exact discrete codes, no dropout
         return self.metrics
+
+    def _fit_lightning(self, train_data, valid_data, resume: bool, remaining: int) -> None:
+        from .lightning import SVIModule, make_loaders
+
+        trainer = self._lightning_trainer(remaining)
+        rank, world = trainer.global_rank, trainer.world_size
+        cfg = self.config
+        train, valid = make_loaders(
+            train_data, valid_data, cfg.batch_size, cfg.valid_batch_size, cfg.seed,
+            self.epoch, rank, world,
+        )  # fmt: skip
+        self.steps_per_epoch = len(train)
+        if not resume:
+            pyro.set_rng_seed(cfg.seed)
+        self.module.train()
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            trainer.fit(SVIModule(self.module, self), train, valid)
+        except SystemExit:
+            # Lightning turns Ctrl-C into exit(1) with SIGINT ignored; give the caller back
+            # its KeyboardInterrupt (the CLI's hint names the checkpoint) and its handler
+            signal.signal(signal.SIGINT, handler)
+            raise KeyboardInterrupt from None
+
+    def _lightning_trainer(self, max_epochs: int):
+        import lightning.pytorch as pl
+
+        cfg = self.config
+        return pl.Trainer(
+            accelerator=self.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            precision=cfg.precision,
+            max_epochs=max_epochs,
+            logger=make_logger(cfg.logger, self.run_dir),
+            enable_checkpointing=False,  # the run directory is written by end_epoch
+            enable_progress_bar=cfg.progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # our samplers shard (and order) the data
+            log_every_n_steps=1,
+            default_root_dir=str(self.run_dir) if self.run_dir else None,
+        )
+
+    def on_train_start(self, lightning_module) -> None:
+        """Every process: the checkpoint's RNG state (rank 0) or a per-rank stream."""
+        rank = lightning_module.global_rank
+        if self._rng_state is not None and rank == 0:
+            set_rng_state(self._rng_state)
+        elif rank > 0:
+            pyro.set_rng_seed(self.config.seed * 1_000_003 + 7919 * rank + self.epoch)
+
+    def end_epoch(self, lightning_module, row: dict) -> bool:
+        """Book an epoch on every process (same numbers everywhere: they are all-reduced);
+        rank 0 writes the run directory. Returns whether to stop."""
+        best = False
+        if self.has_validation:
+            best = row["valid_elbo"] > self.best_valid_elbo
+            self._early_stopping(row, best)
+        self._check_finite(row)
+        self.metrics.append(row)
+        self.epoch += 1
+        if lightning_module.global_rank == 0:
+            self.save(best=best)
+            if self._on_epoch_end is not None:
+                self._on_epoch_end(row)
+        return self.stopped
+
+    def validate(self, valid_data: torch.Tensor) -> dict:
+        """Validation ELBO and KL per image (beta = 1, no annealing), in nats, in this
+        process: what each epoch logs."""
+        from .lightning import validation_sums
+
+        if len(valid_data) == 0:
+            raise ValueError("the validation set is empty")
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        totals = torch.zeros(3, dtype=torch.float64)
+        for start in range(0, len(valid_data), self.config.valid_batch_size):
+            x = valid_data[start : start + self.config.valid_batch_size].to(device)
+            totals += validation_sums(self.module, x)
+        return {
+            "valid_elbo": (totals[0] / totals[2]).item(),
+            "valid_kl": (totals[1] / totals[2]).item(),
+        }
+
+    def diverged_message(self, loss) -> str:
+        where = f"epoch {self.epoch + 1}, step {self.step + 1}"
+        kept = (
+            f"; the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}"
+            if self.run_dir and self.epoch > 0
+            else ""
+        )
+        return f"the loss became {loss} at {where}{kept}; try a lower --lr or clipped-adam"
 
     def _early_stopping(self, row: dict, best: bool) -> None:
         """Track the best validation ELBO and stop after ``patience`` epochs without a better one.
@@ -378,72 +557,6 @@ class Trainer:
             f"{self.since_best} epochs (best {self.best_valid_elbo:.3f} at epoch {self.best_epoch})"
         )
 
-    def _train_epoch(self, train_data: Dataset, steps_per_epoch: int) -> dict:
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
-        loader = _batches(train_data, cfg.batch_size, generator)
-        self.module.train()
-        total, count, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(
-            loader,
-            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-        )
-        for x in bar:
-            x = x.to(self.device)
-            weight = self.kl_weight(self.step, steps_per_epoch)
-            loss = self._step(x, weight)
-            total += loss * x.shape[0]
-            count += x.shape[0]
-            if not math.isfinite(loss):
-                where = f"epoch {self.epoch + 1}, step {self.step + 1}"
-                kept = (
-                    f"; the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}"
-                    if self.run_dir and self.epoch > 0
-                    else ""
-                )
-                raise TrainingDiverged(
-                    f"the loss became {loss} at {where}{kept}; try a lower --lr or clipped-adam"
-                )
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        return {
-            "epoch": self.epoch + 1,
-            "train_loss": total / count,  # negative (beta-weighted) ELBO per image, nats
-            "kl_weight": self.kl_weight(self.step - 1, steps_per_epoch),
-            "objective": self.objective,
-            "seconds": time.perf_counter() - start,
-            "steps": self.step,
-        }
-
-    def _step(self, x: torch.Tensor, kl_weight: float) -> float:
-        """One SVI step on the per-image loss (the batch loss divided by the batch size)."""
-        model, guide = self.module.model, self.module.guide
-        if kl_weight != 1.0:
-            model, guide = LatentScale(kl_weight)(model), LatentScale(kl_weight)(guide)
-        n = x.shape[0]
-        if self.elbo is None:
-            devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
-                nesting = _max_plate_nesting(self.module.model, self.module.guide, x)[0]
-            if self.config.free_bits > 0:
-                if self.objective != "elbo":
-                    raise ValueError(f"free bits need the elbo objective, not {self.objective!r}")
-                self.elbo = FreeBitsELBO(self.config.free_bits, self.config.num_particles)
-                self.elbo.max_plate_nesting = nesting
-            else:
-                self.elbo = make_elbo(self.objective, self.config.num_particles, nesting)
-        self.optimizer.zero_grad(set_to_none=True)
-        with pyro.validation_enabled(self.config.validate):
-            loss = self.elbo.differentiable_loss(model, guide, x) / n
-        value = loss.item()
-        if not math.isfinite(value):
-            return value
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        return value
-
     def _check_finite(self, row: dict) -> None:
         """Never checkpoint NaN parameters (a NaN gradient can precede a NaN loss)."""
         bad = [n for n, p in self.module.named_parameters() if not torch.isfinite(p).all()]
@@ -454,21 +567,6 @@ class Trainer:
                 f"{what} became NaN or infinite in epoch {self.epoch + 1}{kept}; "
                 "try a lower --lr or clipped-adam"
             )
-
-    @torch.no_grad()
-    def validate(self, valid_data: torch.Tensor) -> dict:
-        """Validation ELBO and KL per image (beta = 1, no annealing), in nats."""
-        if len(valid_data) == 0:
-            raise ValueError("the validation set is empty")
-        self.module.eval()
-        elbo, kl, n = 0.0, 0.0, 0
-        for start in range(0, len(valid_data), self.config.valid_batch_size):
-            x = valid_data[start : start + self.config.valid_batch_size].to(self.device)
-            lw = log_importance_weights(self.module.model, self.module.guide, x, 1)
-            elbo += lw.sum().item()
-            kl += kl_divergence(self.module.model, self.module.guide, x).sum().item()
-            n += x.shape[0]
-        return {"valid_elbo": elbo / n, "valid_kl": kl / n}
 
 
 def fit(
