@@ -187,6 +187,11 @@ def _recipe(args):
     return load_preset(name)
 
 
+def _rank_zero() -> bool:
+    """Whether this is the first process of a (possibly distributed) run."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def cmd_train(args) -> int:
     from .configargs import given
     from .presets import merge
@@ -225,6 +230,8 @@ def cmd_train(args) -> int:
         on_epoch_end=_print_epoch,
         preset=recipe.name if recipe else None,
     )
+    if not _rank_zero():
+        return 0  # the other processes of a distributed run print nothing
     if metrics and metrics[-1].get("stopped_early"):
         last = metrics[-1]
         print(
@@ -260,6 +267,13 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--dataset", choices=DATASETS, help="another data set of the same shape")
     p.add_argument("--data-dir", help="data directory (default: the run's, then the usual)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--devices",
+        type=_positive,
+        default=1,
+        help="shard the images over this many processes (GPUs with --device cuda or auto "
+        "and CUDA, else CPU processes); the same per-image numbers as one process (1)",
+    )
     p.add_argument("--batch-size", type=_positive, help="examples per batch (100)")
     p.add_argument(
         "--prior-samples",
@@ -339,7 +353,10 @@ def cmd_evaluate(args) -> int:
         method=args.method,
         ais_steps=args.ais_steps,
         ais_chains=args.ais_chains,
+        devices=args.devices,
     )
+    if result is None:
+        return 0  # another process of a distributed evaluation: rank 0 reports
     print(_summary(result))
     _write_json(result, json_path)
     return 0

@@ -38,7 +38,10 @@ from .models import family_options
 from .registry import create_model, make_config, model_from_config
 
 #: training settings that ``resume`` may change; the rest come from the checkpoint
-RESUMABLE = ("epochs", "patience", "device", "progress")
+RESUMABLE = (
+    "epochs", "patience", "device", "progress", "accelerator", "devices", "num_nodes", "strategy",
+    "precision", "logger",
+)  # fmt: skip
 #: guide options that checkpoints of version 0.1.0 hold flat in the model config
 _FLAT_GUIDE_OPTIONS = (
     "num_components", "rank", "flow_steps", "num_classes", "temperature", "straight_through"
@@ -240,6 +243,59 @@ def _nanmax(t: torch.Tensor) -> float:
     return t.max().item() if t.numel() else float("nan")
 
 
+def _batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch ``index``: results per image do not depend on which
+    process (or in which order) a batch is evaluated."""
+    return (int(seed) * 1_000_003 + 7_919 * int(index) + 1) % (2**63 - 1)
+
+
+def evaluate_batch(
+    module,
+    xb: torch.Tensor,
+    index: int,
+    *,
+    method: str = "iw",
+    num_samples: int = 5000,
+    chunk_size: int | None = None,
+    prior_samples: int = 0,
+    ais_steps: int = 1000,
+    ais_chains: int = 16,
+    seed: int = 0,
+    example_offset: int = 0,
+) -> dict:
+    """Per-image estimates for batch number ``index`` of an evaluation, drawn from the
+    batch's own random stream (``seed``, ``index``); tensors on the CPU."""
+    device = module.device
+    xb = xb.to(device)
+    out: dict[str, Any] = {"index": int(index)}
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_batch_seed(seed, index))
+        if method == "ais":
+            est = ais_estimate(module.model, module.guide, xb, ais_steps, ais_chains, seed=seed,
+                               example_offset=example_offset)  # fmt: skip
+            elbo = log_importance_weights(module.model, module.guide, xb, 10).mean(0)
+            khat = torch.full_like(est.log_marginal, float("nan"))
+            out["accept"] = est.acceptance_rate.cpu()
+        else:
+            est = importance_estimate(module.model, module.guide, xb, num_samples, chunk_size)
+            elbo, khat = est.elbo, est.khat
+        out.update(
+            has_latent=est.has_latent,
+            lm=est.log_marginal.cpu(),
+            elbo=elbo.cpu(),
+            khat=khat.float().cpu(),
+            ess=est.ess.float().cpu(),
+        )
+        if est.has_latent:
+            out["kl"] = kl_divergence(module.model, module.guide, xb).cpu()
+            if module.latent_is_real and module.is_generative:
+                out["codes"] = module.encode(xb).cpu()  # encode runs without grad
+            if prior_samples:
+                out["prior"] = prior_log_marginal(module.model, xb, prior_samples, chunk_size).cpu()
+    return out
+
+
 def evaluate_images(
     module,
     x: torch.Tensor,
@@ -256,7 +312,8 @@ def evaluate_images(
     """Evaluation of ``module`` on images ``x`` ``(N, C, H, W)``: log p(x) by importance
     sampling (``method="iw"``, K = ``num_samples``) or by annealed importance sampling
     (``method="ais"``, ``ais_steps`` temperatures, ``ais_chains`` chains; the ELBO and KL then
-    come from 10 importance samples and there is no Pareto k).
+    come from 10 importance samples and there is no Pareto k). Batch ``b`` (images
+    ``b * batch_size`` onwards) draws from its own stream, seeded by (``seed``, ``b``).
 
     :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
         ``num_examples``, ``psis_khat_mean``, ``psis_khat_max``) plus ``kl``, the standard
@@ -264,84 +321,129 @@ def evaluate_images(
         (real latents: dimensions whose q(z|x) mean has variance > 0.01 over ``x``) and, if
         ``prior_samples``, the naive prior-sampling estimate ``prior_nll``.
     """
+    settings = _evaluation_settings(module, x, method, batch_size)
+    kwargs = dict(method=method, num_samples=num_samples, chunk_size=chunk_size,
+                  prior_samples=prior_samples, ais_steps=ais_steps, ais_chains=ais_chains,
+                  seed=seed)  # fmt: skip
+    start = time.perf_counter()
+    batches = [
+        evaluate_batch(module, x[i : i + settings], i // settings, example_offset=i, **kwargs)
+        for i in tqdm(range(0, len(x), settings), desc="evaluate", disable=not progress)
+    ]
+    return summarize_evaluation(module, batches, time.perf_counter() - start, **kwargs)
+
+
+def _evaluation_settings(module, x, method: str, batch_size: int | None) -> int:
+    """Check the request; returns the batch size."""
     if len(x) == 0:
         raise ValueError("no images to evaluate")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    device = module.device
+    return batch_size or max(1, min(len(x), module.eval_batch_size))
+
+
+def summarize_evaluation(module, batches: list[dict], seconds: float, **kwargs) -> dict:
+    """The summary of :func:`evaluate_images` from the per-batch results of
+    :func:`evaluate_batch` (in any order: they are sorted by batch index)."""
+    batches = sorted(batches, key=lambda b: b["index"])
+    method, num_samples = kwargs["method"], kwargs["num_samples"]
+    ais_chains, prior_samples = kwargs["ais_chains"], kwargs["prior_samples"]
+
+    def cat(key: str) -> torch.Tensor | None:
+        parts = [b[key] for b in batches if key in b]
+        return torch.cat(parts) if parts else None
+
     offset = module.likelihood.nll_offset()
     num_dims = math.prod(module.image_shape)
-    batch_size = batch_size or max(1, min(len(x), module.eval_batch_size))
-    parts: dict[str, list[torch.Tensor]] = {
-        "lm": [], "elbo": [], "khat": [], "ess": [], "kl": [], "codes": [], "accept": []
-    }  # fmt: skip
-    prior_parts = []
-    has_latent, start = True, time.perf_counter()
-    for i in tqdm(range(0, len(x), batch_size), desc="evaluate", disable=not progress):
-        xb = x[i : i + batch_size].to(device)
-        if method == "ais":
-            est = ais_estimate(module.model, module.guide, xb, ais_steps, ais_chains, seed=seed,
-                               example_offset=i)  # fmt: skip
-            elbo = log_importance_weights(module.model, module.guide, xb, 10).mean(0)
-            khat = torch.full_like(est.log_marginal, float("nan"))
-            parts["accept"].append(est.acceptance_rate.cpu())
-        else:
-            est = importance_estimate(module.model, module.guide, xb, num_samples, chunk_size)
-            elbo, khat = est.elbo, est.khat
-        has_latent = est.has_latent
-        parts["lm"].append(est.log_marginal.cpu())
-        parts["elbo"].append(elbo.cpu())
-        parts["khat"].append(khat.float().cpu())
-        parts["ess"].append(est.ess.float().cpu())
-        if has_latent:
-            parts["kl"].append(kl_divergence(module.model, module.guide, xb).cpu())
-            if module.latent_is_real and module.is_generative:
-                parts["codes"].append(module.encode(xb).cpu())  # encode runs without grad
-        if prior_samples and has_latent:
-            prior_parts.append(
-                prior_log_marginal(module.model, xb, prior_samples, chunk_size).cpu()
-            )
-    lm = torch.cat(parts["lm"]).double()
-    nll = -lm + offset
-    khat = torch.cat(parts["khat"])
+    has_latent = batches[-1]["has_latent"]
+    nll = -cat("lm").double() + offset
+    khat = cat("khat")
+    n = len(nll)
     result = {
         "nll": nll.mean().item(),
-        "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
-        "elbo": (torch.cat(parts["elbo"]).double() - offset).mean().item(),
+        "nll_stderr": (nll.std().item() / math.sqrt(n)) if n > 1 else float("nan"),
+        "elbo": (cat("elbo").double() - offset).mean().item(),
         "bits_per_dim": nll.mean().item() / (num_dims * math.log(2)),
         "method": method,
         "num_samples": (int(num_samples) if method == "iw" else int(ais_chains))
         if has_latent
         else 1,
-        "num_examples": len(x),
+        "num_examples": n,
         "psis_khat_mean": _nanmean(khat),
         "psis_khat_max": _nanmax(khat),
         "psis_khat_frac_above_0.7": (khat > 0.7).float().mean().item() if has_latent else 0.0,
-        "ess_mean": torch.cat(parts["ess"]).mean().item(),
-        "kl": torch.cat(parts["kl"]).mean().item() if parts["kl"] else float("nan"),
+        "ess_mean": cat("ess").mean().item(),
+        "kl": cat("kl").mean().item() if has_latent else float("nan"),
         "exact": not has_latent,
         "nll_offset": offset,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
     if method == "ais":
-        result.update(ais_steps=int(ais_steps), ais_chains=int(ais_chains))
-        result["acceptance_rate"] = (
-            _nanmean(torch.cat(parts["accept"]).double()) if has_latent else float("nan")
-        )
-    if len(parts["codes"]) and len(x) > 1:
+        result.update(ais_steps=int(kwargs["ais_steps"]), ais_chains=int(ais_chains))
+        result["acceptance_rate"] = _nanmean(cat("accept").double()) if has_latent else float("nan")
+    codes = cat("codes")
+    if codes is not None and n > 1:
         # active units (Burda et al.): dimensions whose q(z|x) mean varies over the data
-        result["active_units"] = int((torch.cat(parts["codes"]).var(0) > 0.01).sum())
+        result["active_units"] = int((codes.var(0) > 0.01).sum())
     if not module.is_generative:  # an autoencoder: p(x | code(x)) only
         result["reconstruction_nll"] = result["nll"]
         for key in ("nll", "nll_stderr", "elbo", "bits_per_dim"):
             result[key] = float("nan")
-    if prior_parts:
-        result["prior_nll"] = (-torch.cat(prior_parts).double() + offset).mean().item()
+    prior = cat("prior")
+    if prior is not None:
+        result["prior_nll"] = (-prior.double() + offset).mean().item()
         result["prior_num_samples"] = int(prior_samples)
+    result["per_image_nll"] = nll.tolist()
     return result
 
 
 METHODS = ("iw", "ais")
+
+
+def evaluate_images_distributed(
+    module,
+    x: torch.Tensor,
+    devices: int,
+    accelerator: str = "cpu",
+    num_nodes: int = 1,
+    batch_size: int | None = None,
+    progress: bool = True,
+    **kwargs,
+) -> dict | None:
+    """:func:`evaluate_images` sharded over ``devices`` processes (DDP through Lightning):
+    process r takes batches r, r + P, ...; the per-batch results are gathered on rank 0,
+    which returns the summary (the other processes return None). Each batch draws from
+    its own stream, so every image gets the same estimate as in one process."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from .infer.lightning import BatchEvaluator, StridedSampler, quiet_lightning
+
+    size = _evaluation_settings(module, x, kwargs.get("method", "iw"), batch_size)
+    kwargs = {**_EVAL_DEFAULTS, **kwargs}
+    batches = [(i // size, i, x[i : i + size]) for i in range(0, len(x), size)]
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp",
+            logger=False, enable_checkpointing=False, enable_model_summary=False,
+            enable_progress_bar=progress, use_distributed_sampler=False, inference_mode=False,
+        )  # fmt: skip
+        loader = DataLoader(
+            batches, sampler=StridedSampler(len(batches), trainer.global_rank, trainer.world_size),
+            batch_size=None, collate_fn=lambda b: b,
+        )  # fmt: skip
+        evaluator = BatchEvaluator(
+            module, lambda net, b: evaluate_batch(net, b[2], b[0], example_offset=b[1], **kwargs)
+        )
+        start = time.perf_counter()
+        trainer.predict(evaluator, loader, return_predictions=False)
+    if trainer.global_rank != 0:
+        return None
+    return summarize_evaluation(module, evaluator.results, time.perf_counter() - start, **kwargs)
+
+
+_EVAL_DEFAULTS = dict(method="iw", num_samples=5000, chunk_size=None, prior_samples=0,
+                      ais_steps=1000, ais_chains=16, seed=0)  # fmt: skip
 
 
 def evaluate_run(
@@ -360,19 +462,43 @@ def evaluate_run(
     method: str = "iw",
     ais_steps: int = 1000,
     ais_chains: int = 16,
-) -> dict:
+    devices: int = 1,
+) -> dict | None:
     """Evaluate a run on a split of its data set; see :func:`evaluate_images`.
 
     :param which: ``"best"`` (best validation ELBO, the default: model selection on the
         validation split) or ``"last"`` (the latest epoch).
+    :param devices: processes to shard the images over (GPUs if ``device`` is cuda, or auto
+        with CUDA present; else CPU processes): see :func:`evaluate_images_distributed`.
+        Returns None in every process but the first.
     """
+    if int(devices) < 1:
+        raise ValueError(f"devices must be a positive integer, got {devices}")
+    accelerator = "cpu"
+    if devices > 1:
+        accelerator = {"auto": "gpu" if torch.cuda.is_available() else "cpu", "cpu": "cpu",
+                       "cuda": "gpu"}[str(device)]  # fmt: skip
+        if accelerator == "gpu" and torch.cuda.device_count() < devices:
+            raise ValueError(
+                f"--devices {devices} GPUs requested but {torch.cuda.device_count()} available"
+            )
+        device = "cpu"  # Lightning moves the module to each process's device
     run = load_run(run_dir, device, which)
     data = run.dataset(split, dataset, data_dir, limit)
-    torch.manual_seed(seed)
-    result = evaluate_images(
-        run.module, data.fixed(), num_samples, batch_size, None, prior_samples, progress,
-        method, ais_steps, ais_chains, seed,
-    )  # fmt: skip
+    kwargs = dict(method=method, num_samples=num_samples, chunk_size=None,
+                  prior_samples=prior_samples, ais_steps=ais_steps, ais_chains=ais_chains,
+                  seed=seed)  # fmt: skip
+    if devices > 1:
+        result = evaluate_images_distributed(
+            run.module, data.fixed(), devices, accelerator, batch_size=batch_size,
+            progress=progress, **kwargs,
+        )  # fmt: skip
+        if result is None:
+            return None  # not rank 0
+    else:
+        result = evaluate_images(
+            run.module, data.fixed(), batch_size=batch_size, progress=progress, **kwargs
+        )
     info = data.describe()
     return {
         "model": run.model_name,
