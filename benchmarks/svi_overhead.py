@@ -1,11 +1,19 @@
-"""What does writing the VAE as a Pyro program cost per SVI step?
+"""What do the Pyro program and the Lightning loop cost per SVI step?
 
-Times one training step of the library's VAE (``Trainer._step``: Pyro's ELBO
-``differentiable_loss`` + the trainer's fused Adam) against a hand-written
-PyTorch ELBO step over the *same* encoder, posterior and decoder modules, with
-``torch.optim.Adam`` as users write it and with the fused kernel the library
-uses, interleaved in one process; prints median step times and the ratios
-(the second ratio isolates the cost of the Pyro program itself).
+Times one training step of the library's VAE three ways over the *same* encoder,
+posterior and decoder modules and the same batches:
+
+* **Lightning**: the library's training loop (``Trainer`` -> ``lightning.pytorch.Trainer``
+  over :class:`~pyro_genmodels.infer.lightning.SVIModule`): the interval between
+  consecutive ``on_train_batch_end`` hooks, so the loop's own work (data fetching, hooks,
+  logging, optimizer plumbing) is inside it;
+* **loop**: the hand-written loop the library had before Lightning: Pyro's ELBO
+  ``differentiable_loss``, ``backward``, fused Adam, one batch after another;
+* **PyTorch**: a hand-written PyTorch ELBO step with fused Adam (no Pyro at all).
+
+Blocks of steps alternate (Lightning, loop, PyTorch, twice) in one process; prints median
+step times and the ratios (Lightning / loop is the cost of the engine, loop / PyTorch that
+of the Pyro program).
 
     .venv/bin/python benchmarks/svi_overhead.py [--steps 200] [--device auto]
 """
@@ -15,14 +23,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import time
 
+import lightning.pytorch as pl
 import pyro
 import torch
 import torch.nn.functional as F
 from _common import binarized_mnist, machine, timed
 
 import pyro_genmodels as pg
-from pyro_genmodels.infer import TrainConfig, Trainer, resolve_device
+from pyro_genmodels.infer import TrainConfig, Trainer, make_elbo, resolve_device
+from pyro_genmodels.infer.train import quiet_lightning
 
 
 def handwritten_step(vae, optimizer, x: torch.Tensor, analytic_kl: bool) -> float:
@@ -42,27 +53,76 @@ def handwritten_step(vae, optimizer, x: torch.Tensor, analytic_kl: bool) -> floa
     return loss.item()
 
 
+class _StepTimes(pl.Callback):
+    def __init__(self):
+        self.last, self.times = None, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        self.last = now
+
+
+def lightning_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor) -> list:
+    """Per-step times of the library's Lightning loop over the first ``steps`` batches."""
+    config = TrainConfig(objective=objective, batch_size=batch, epochs=1, progress=False)
+    trainer = Trainer(vae, config)
+    clock = _StepTimes()
+    real = trainer._lightning_trainer
+
+    def with_clock(max_epochs):
+        pl_trainer = real(max_epochs)
+        pl_trainer.callbacks.append(clock)
+        return pl_trainer
+
+    trainer._lightning_trainer = with_clock
+    with quiet_lightning():
+        trainer.fit(data[: batch * steps])
+    return clock.times[10:]  # the first steps warm up
+
+
+def loop_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor, device) -> list:
+    """The pre-Lightning loop: differentiable_loss, backward, fused Adam."""
+    elbo = make_elbo(objective, 1, 1)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    vae.train()
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
+        loss.backward()
+        opt.step()
+
+    times = []
+    for i in range(steps):
+        x = data[i * batch : (i + 1) * batch].to(device)
+        times.append(timed(lambda x=x: step(x), device))
+    return times[10:]
+
+
+def torch_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor, device) -> list:
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    times = []
+    for i in range(steps):
+        x = data[i * batch : (i + 1) * batch].to(device)
+        times.append(timed(lambda x=x: handwritten_step(vae, opt, x, objective == "meanfield"),
+                           device))  # fmt: skip
+    return times[10:]
+
+
 def measure(objective: str, batch: int, steps: int, device: torch.device, data: torch.Tensor):
-    """Median step times: library, hand-written (default Adam), hand-written (fused Adam)."""
+    """Median step times: Lightning, the hand-written Pyro loop, plain PyTorch."""
     torch.manual_seed(0)
-    lib = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50)
-    ref, ref_fused = copy.deepcopy(lib).to(device), copy.deepcopy(lib).to(device)
-    trainer = Trainer(lib, TrainConfig(objective=objective, device=str(device), progress=False))
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
-    fused_opt = torch.optim.Adam(ref_fused.parameters(), lr=1e-3, fused=True)
-    analytic = objective == "meanfield"
-    steps_fns = [
-        lambda x: trainer._step(x, 1.0),
-        lambda x: handwritten_step(ref, ref_opt, x, analytic),
-        lambda x: handwritten_step(ref_fused, fused_opt, x, analytic),
-    ]
+    base = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50)
+    data = data[: batch * steps]
     times: list[list[float]] = [[], [], []]
-    for i in range(steps + 10):  # interleaved; the first 10 rounds are warm-up
-        x = data[(i * batch) % (len(data) - batch) :][:batch].to(device)
-        for fn, bucket in zip(steps_fns, times, strict=True):
-            t = timed(lambda fn=fn, x=x: fn(x), device)
-            if i >= 10:
-                bucket.append(t)
+    for _ in range(2):
+        times[0] += lightning_steps(copy.deepcopy(base), objective, batch, steps, data)
+        ref = copy.deepcopy(base).to(device)
+        times[1] += loop_steps(ref, objective, batch, steps, data, device)
+        ref = copy.deepcopy(base).to(device)
+        times[2] += torch_steps(ref, objective, batch, steps, data, device)
     return [statistics.median(t) for t in times]
 
 
@@ -80,18 +140,18 @@ def main() -> None:
     pyro.settings.set(module_local_params=not args.global_params)
     device = resolve_device(args.device)
     data, source = binarized_mnist("train", limit=20_000)
-    print(f"# SVI step: library VAE vs hand-written PyTorch ELBO ({machine()}, {device})")
-    print(f"# data: {source}; VAE 784-512-256 / 50 / 256-512-784 (MLP); median of {args.steps} "
-          "interleaved steps")  # fmt: skip
-    print("| objective | batch | library ms/step | hand-written ms/step (Adam) | ratio "
-          "| hand-written, fused Adam | ratio |")  # fmt: skip
+    print(f"# SVI step: Lightning loop vs hand-written loop vs PyTorch ({machine()}, {device})")
+    print(f"# data: {source}; VAE 784-512-256 / 50 / 256-512-784 (MLP); medians over 2 "
+          f"alternating blocks of {args.steps} steps each")  # fmt: skip
+    print("| objective | batch | Lightning ms/step | hand-written loop ms/step | ratio "
+          "| PyTorch ELBO ms/step | loop / PyTorch |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
     for objective in ("elbo", "meanfield"):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            lib, ref, fused = measure(objective, batch, args.steps, device, data)
+            lit, loop, plain = measure(objective, batch, args.steps, device, data)
             name = {"elbo": "Trace_ELBO", "meanfield": "TraceMeanField_ELBO"}[objective]
-            print(f"| {name} | {batch} | {lib * 1e3:.2f} | {ref * 1e3:.2f} | {lib / ref:.2f} "
-                  f"| {fused * 1e3:.2f} | {lib / fused:.2f} |")  # fmt: skip
+            print(f"| {name} | {batch} | {lit * 1e3:.2f} | {loop * 1e3:.2f} | {lit / loop:.2f} "
+                  f"| {plain * 1e3:.2f} | {loop / plain:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -83,7 +83,12 @@ def test_resume_changes_only_what_it_can(tmp_path, capsys):
     out = tmp_path / "r"
     assert run(capsys, *TRAIN, "--epochs", 1, "--limit", 64, "--out", out)[0] == 0
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", 2, "--lr", 0.1)
-    assert_one_line_error(code, err, "only epochs, patience, device, progress may change (got lr)")
+    assert_one_line_error(
+        code,
+        err,
+        "only epochs, patience, device, progress, accelerator, devices, num_nodes, strategy, "
+        "precision, logger may change (got lr)",
+    )
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", 2, "--latent-dim", 9)
     assert_one_line_error(code, err, "drop the model settings (latent_dim)")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", 2, "--no-progress")

@@ -168,4 +168,4 @@ def test_training_improves_the_validation_elbo(tmp_path):
     _, metrics = train_run("vae", "digits", tmp_path / "r", config, _cfg(epochs=25, lr=1e-3))
     first, last = metrics[0]["valid_elbo"], metrics[-1]["valid_elbo"]
     assert last > first + 5.0, (first, last)
-    assert metrics[-1]["valid_kl"] > 0.8  # the latent is in use
+    assert metrics[-1]["valid_kl"] > 0.3  # the latent is in use (0.45 to 1.4 over seeds)
