@@ -5,6 +5,15 @@ This layer consumes any ``(model, guide)`` callables and never imports ``models`
 
 from .ais import AISEstimate, BDMCResult, ais_estimate, ais_log_marginal, bdmc
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .config import (
+    OBJECTIVES,
+    LatentScale,
+    TrainConfig,
+    TrainingDiverged,
+    make_elbo,
+    resolve_device,
+    resolve_objective,
+)
 from .diagnostics import effective_sample_size, psis_khat
 from .free_bits import FreeBitsELBO
 from .importance import (
@@ -15,17 +24,7 @@ from .importance import (
     prior_log_marginal,
 )
 from .kl import kl_divergence
-from .train import (
-    OBJECTIVES,
-    LatentScale,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    fit,
-    make_elbo,
-    resolve_device,
-    resolve_objective,
-)
+from .train import Trainer, fit
 
 __all__ = [
     "AISEstimate",

@@ -27,10 +27,11 @@ import pyro
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from .config import LatentScale, TrainingDiverged, make_elbo
 from .free_bits import FreeBitsELBO
 from .importance import _max_plate_nesting, log_importance_weights
 from .kl import kl_divergence
-from .train import LatentScale, TrainingDiverged, make_elbo, quiet_lightning  # noqa: F401
+from .train import quiet_lightning  # noqa: F401 (for callers of this module)
 
 
 class EpochOffsetSampler(DistributedSampler):
