@@ -388,3 +388,50 @@ def test_diagonal_normal_mixture_expands_like_mixture_same_family():
     z = torch.randn(2, 5, 3)
     torch.testing.assert_close(fast.log_prob(z), reference.log_prob(z), rtol=0, atol=1e-5)
     assert fast.sample((6,)).shape == (6, 5, 3)
+
+
+# -- the paper code's optimizer ---------------------------------------------------------------
+
+
+def test_adam_normgrad_is_adam_on_unit_norm_gradients():
+    from pyro_genmodels.infer.optim import AdamNormGrad
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ref_w, ref_b = w.detach().clone(), b.detach().clone()
+    opt = AdamNormGrad([w, b], lr=0.1)
+    m = [torch.zeros_like(ref_w), torch.zeros_like(ref_b)]
+    v = [torch.zeros_like(ref_w), torch.zeros_like(ref_b)]
+    for t in range(1, 6):
+        x = torch.randn(7, 4, dtype=torch.float64) * t  # gradient norms change every step
+
+        def loss_of(w_, b_, x=x):
+            return ((x @ w_ + b_) ** 2).sum()
+
+        opt.zero_grad()
+        loss_of(w, b).backward()
+        opt.step()
+        # the reference: their utils/optimizer.py, written out
+        grads = torch.autograd.grad(loss_of(ref_w.requires_grad_(), ref_b.requires_grad_()),
+                                    [ref_w, ref_b])  # fmt: skip
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip([ref_w, ref_b], grads, strict=True)):
+                g = g / (g.norm() + 1e-7)
+                m[i] = 0.9 * m[i] + 0.1 * g
+                v[i] = 0.999 * v[i] + 0.001 * g * g
+                m_hat, v_hat = m[i] / (1 - 0.9**t), v[i] / (1 - 0.999**t)
+                p -= 0.1 * m_hat / (v_hat.sqrt() + 1e-8)
+        ref_w, ref_b = ref_w.detach(), ref_b.detach()
+        torch.testing.assert_close(w.detach(), ref_w, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(b.detach(), ref_b, rtol=1e-10, atol=1e-10)
+
+
+def test_adam_normgrad_trains_through_the_trainer(tmp_path):
+    vae, data = _tiny()
+    config = TrainConfig(epochs=2, batch_size=16, optimizer="adam-normgrad", progress=False)
+    metrics = Trainer(vae, config, tmp_path).fit(data, data)
+    assert metrics[-1]["valid_elbo"] > metrics[0]["valid_elbo"] - 1.0
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["train_config"]["optimizer"] == (
+        "adam-normgrad"
+    )

@@ -46,7 +46,7 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
 
 
 Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum"]
-Optimizer = Literal["adam", "clipped-adam"]
+Optimizer = Literal["adam", "clipped-adam", "adam-normgrad"]
 Device = Literal["auto", "cpu", "cuda"]
 Accelerator = Literal["auto", "cpu", "gpu"]
 Precision = Literal["32", "16-mixed", "bf16-mixed"]
@@ -150,7 +150,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation ELBO (0: off)
     batch_size: int = 128  # minibatch size
     lr: float = 1e-3  # learning rate
-    optimizer: Optimizer = "adam"  # clipped-adam: Pyro's, with per-parameter norm clipping
+    optimizer: Optimizer = "adam"  # clipped-adam: Pyro's, norms clipped; adam-normgrad: normalized
     clip_norm: float = 10.0  # clipped-adam only
     objective: Objective = "auto"  # iwae: K = num_particles; auto: the model's choice
     num_particles: int = 1  # particles per ELBO estimate (vectorized); K for "iwae"

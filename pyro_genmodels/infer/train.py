@@ -47,6 +47,7 @@ from .config import (  # noqa: F401 (re-exported)
     resolve_device,
     resolve_objective,
 )
+from .optim import AdamNormGrad
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"  # the module at the best validation ELBO so far (model selection)
@@ -132,7 +133,9 @@ class Trainer:
     def make_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
         """The optimizer over ``module``'s parameters (with a checkpoint's state, on resume)."""
         params = [p for p in module.parameters() if p.requires_grad]
-        if self.config.optimizer == "clipped-adam":
+        if self.config.optimizer == "adam-normgrad":
+            optimizer = AdamNormGrad(params, lr=self.config.lr)
+        elif self.config.optimizer == "clipped-adam":
             optimizer = ClippedAdam(params, lr=self.config.lr, clip_norm=self.config.clip_norm)
         else:
             try:  # the fused kernel is several times faster than the per-tensor loop
