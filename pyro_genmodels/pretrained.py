@@ -10,13 +10,12 @@ directories, they work with every command that reads one::
 and in Python ``load_pretrained("vae-vampprior-paper")`` returns the model. The folder
 is ``$PYRO_GENMODELS_PRETRAINED`` if set, else ``pretrained/`` of the source checkout.
 
-``python -m pyro_genmodels.pretrained RUN_DIR NAME --evaluation FILE.json`` copies a
+``python -m pyro_genmodels.export RUN_DIR NAME --evaluation FILE.json`` copies a
 finished run there and writes its card.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -72,7 +71,9 @@ def load_pretrained(name: str, device: str = "cpu") -> torch.nn.Module:
     return load_run(pretrained_path(name), device, which="best").module
 
 
-def _card(name: str, best: dict, metrics: list[dict], evaluation: dict | None) -> str:
+def _card(
+    name: str, best: dict, metrics: list[dict], evaluation: dict | None, note: str = ""
+) -> str:
     meta = best["metadata"]
     data = meta["data"]
     seconds = sum(row.get("seconds", 0.0) for row in metrics)
@@ -93,6 +94,7 @@ def _card(name: str, best: dict, metrics: list[dict], evaluation: dict | None) -
         f"ELBO ({max(r.get('valid_elbo', float('-inf')) for r in metrics):.3f} nats)",
         f"- training time: {seconds / 3600:.2f} h of epochs (sum of `seconds` in metrics.jsonl)",
         f"- written by pyro-genmodels {meta.get('version', '?')}",
+        *([f"- {note}"] if note else []),
         "",
         "## Config",
         "",
@@ -122,10 +124,13 @@ def _card(name: str, best: dict, metrics: list[dict], evaluation: dict | None) -
     return "\n".join(lines) + "\n"
 
 
-def export_pretrained(run_dir: str | Path, name: str, evaluation: str | Path | None = None) -> Path:
+def export_pretrained(
+    run_dir: str | Path, name: str, evaluation: str | Path | None = None, note: str = ""
+) -> Path:
     """Copy a run's ``best.pt`` and ``metrics.jsonl`` to ``pretrained/NAME`` with a model card.
 
     :param evaluation: the ``evaluate --json`` output of the run, quoted in the card.
+    :param note: a line for the card (the machine, the wall time).
     """
     run_dir = Path(run_dir)
     best = load_checkpoint(run_dir / BEST_NAME)
@@ -137,18 +142,5 @@ def export_pretrained(run_dir: str | Path, name: str, evaluation: str | Path | N
     shutil.copyfile(run_dir / METRICS_NAME, out / METRICS_NAME)
     if result is not None:
         write_text_atomic(json.dumps(result, indent=2) + "\n", out / EVALUATION_NAME)
-    write_text_atomic(_card(name, best, metrics, result), out / CARD_NAME)
+    write_text_atomic(_card(name, best, metrics, result, note), out / CARD_NAME)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="copy a finished run to pretrained/NAME")
-    parser.add_argument("run_dir")
-    parser.add_argument("name")
-    parser.add_argument("--evaluation", help="the run's evaluate --json output")
-    args = parser.parse_args(argv)
-    print(export_pretrained(args.run_dir, args.name, args.evaluation))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import shared_data_dir
 from test_cli import assert_one_line_error, run
 
 import pyro_genmodels as pg
@@ -434,4 +435,38 @@ def test_adam_normgrad_trains_through_the_trainer(tmp_path):
     assert metrics[-1]["valid_elbo"] > metrics[0]["valid_elbo"] - 1.0
     assert load_checkpoint(tmp_path / "checkpoint.pt")["train_config"]["optimizer"] == (
         "adam-normgrad"
+    )
+
+
+# -- the shipped checkpoints themselves ---------------------------------------------------------
+
+
+def test_shipped_checkpoints_are_listed_with_their_cards():
+    names = pretrained.list_pretrained()
+    assert "vae-paper" in names
+    for name in names:
+        path = pretrained.pretrained_path(name)
+        card = (path / "README.md").read_text()
+        result = json.loads((path / "evaluation.json").read_text())
+        assert f"pyro-genmodels evaluate pretrained/{name} --num-samples" in card
+        assert f"NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f}" in card
+        assert result["num_examples"] == 10000 and result["num_samples"] == 5000
+        module = pg.load_pretrained(name)
+        assert load_checkpoint(path / "best.pt")["epoch"] == result["epoch"]
+        assert module.config_dict()["latent_dim"] == 40
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data (MNIST)")
+def test_the_shipped_vae_reproduces_its_evaluation_image_by_image(monkeypatch):
+    """The first batch of the shipped evaluation (100 test images, K = 5000), recomputed."""
+    monkeypatch.setenv("PYRO_GENMODELS_DATA", str(shared_data_dir()))
+    run = runs.load_run(pretrained.pretrained_path("vae-paper"), which="best")
+    x = run.dataset("test", limit=100).fixed()
+    result = runs.evaluate_images(run.module, x, 5000, progress=False, seed=0)
+    shipped = json.loads((pretrained.pretrained_path("vae-paper") / "evaluation.json").read_text())
+    torch.testing.assert_close(
+        torch.tensor(result["per_image_nll"]),
+        torch.tensor(shipped["per_image_nll"][:100]),
+        rtol=0,
+        atol=1e-3,
     )
