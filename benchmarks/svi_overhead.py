@@ -7,29 +7,44 @@ posterior and decoder modules and the same batches:
   over :class:`~pyro_genmodels.infer.lightning.SVIModule`): the interval between
   consecutive ``on_train_batch_end`` hooks, so the loop's own work (data fetching, hooks,
   logging, optimizer plumbing) is inside it;
-* **loop**: the hand-written loop the library had before Lightning: Pyro's ELBO
-  ``differentiable_loss``, ``backward``, fused Adam, one batch after another;
-* **PyTorch**: a hand-written PyTorch ELBO step with fused Adam (no Pyro at all).
+* **loop**: the hand-written loop the library had before Lightning, step for step: a
+  shuffled batch from the same kind of loader, Pyro's ELBO ``differentiable_loss``,
+  ``backward``, fused Adam, the finite-loss check;
+* **PyTorch**: a hand-written PyTorch ELBO step with fused Adam (no Pyro at all), same loader.
+
+Every time is the interval between consecutive steps, so fetching the batch is inside it.
 
 Blocks of steps alternate (Lightning, loop, PyTorch, twice) in one process; prints median
 step times and the ratios (Lightning / loop is the cost of the engine, loop / PyTorch that
 of the Pyro program).
 
-    .venv/bin/python benchmarks/svi_overhead.py [--steps 200] [--device auto]
+A second table times whole epochs through the command line (``pyro-genmodels train``): one
+process, then ``--devices 2 --strategy ddp --accelerator cpu`` with the same per-process
+batch, on 10000 binarized-MNIST images; seconds per epoch are read from ``metrics.jsonl``.
+
+    .venv/bin/python benchmarks/svi_overhead.py [--steps 200] [--device auto] [--epochs 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pyro
 import torch
 import torch.nn.functional as F
-from _common import binarized_mnist, machine, timed
+from _common import ROOT, binarized_mnist, data_dir, machine, sync
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 import pyro_genmodels as pg
 from pyro_genmodels.infer import TrainConfig, Trainer, make_elbo, resolve_device
@@ -82,32 +97,50 @@ def lightning_steps(vae, objective: str, batch: int, steps: int, data: torch.Ten
     return clock.times[10:]  # the first steps warm up
 
 
+def shuffled_batches(data: torch.Tensor, batch: int, seed: int) -> DataLoader:
+    """The pre-Lightning loop's loader: one shuffled ``data[list]`` gather per batch."""
+    sampler = BatchSampler(RandomSampler(data, generator=torch.Generator().manual_seed(seed)),
+                           batch, drop_last=False)  # fmt: skip
+    return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=lambda b: b)
+
+
 def loop_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor, device) -> list:
-    """The pre-Lightning loop: differentiable_loss, backward, fused Adam."""
+    """The pre-Lightning loop, step for step: shuffled batch, ``differentiable_loss`` under
+    ``pyro.validation_enabled``, ``backward``, fused Adam, the finite-loss check."""
     elbo = make_elbo(objective, 1, 1)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
     vae.train()
-
-    def step(x):
+    times, total = [], 0.0
+    last = time.perf_counter()
+    for x in shuffled_batches(data, batch, 0):
+        x = x.to(device)
         opt.zero_grad(set_to_none=True)
-        loss = elbo.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
+        with pyro.validation_enabled(True):  # TrainConfig.validate, on by default
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
+        value = loss.item()
+        if not math.isfinite(value):
+            raise RuntimeError(f"the loss became {value}")
         loss.backward()
         opt.step()
-
-    times = []
-    for i in range(steps):
-        x = data[i * batch : (i + 1) * batch].to(device)
-        times.append(timed(lambda x=x: step(x), device))
+        total += value * x.shape[0]
+        sync(device)
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
     return times[10:]
 
 
 def torch_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor, device) -> list:
+    """The same ELBO in plain PyTorch, over the same loader."""
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
     times = []
-    for i in range(steps):
-        x = data[i * batch : (i + 1) * batch].to(device)
-        times.append(timed(lambda x=x: handwritten_step(vae, opt, x, objective == "meanfield"),
-                           device))  # fmt: skip
+    last = time.perf_counter()
+    for x in shuffled_batches(data, batch, 0):
+        handwritten_step(vae, opt, x.to(device), objective == "meanfield")
+        sync(device)
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
     return times[10:]
 
 
@@ -115,7 +148,8 @@ def measure(objective: str, batch: int, steps: int, device: torch.device, data: 
     """Median step times: Lightning, the hand-written Pyro loop, plain PyTorch."""
     torch.manual_seed(0)
     base = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50)
-    data = data[: batch * steps]
+    repeats = -(-batch * steps // len(data))  # large batches go over the images again
+    data = data.repeat(repeats, 1, 1, 1)[: batch * steps]
     times: list[list[float]] = [[], [], []]
     for _ in range(2):
         times[0] += lightning_steps(copy.deepcopy(base), objective, batch, steps, data)
@@ -126,11 +160,33 @@ def measure(objective: str, batch: int, steps: int, device: torch.device, data: 
     return [statistics.median(t) for t in times]
 
 
+def epoch_seconds(devices: int, epochs: int, limit: int) -> tuple[float, float]:
+    """Median s/epoch and the last validation ELBO of ``train`` with ``devices`` CPU processes.
+
+    Each DDP process gets one thread (``OMP_NUM_THREADS=1``), as it would with one core each.
+    """
+    root = data_dir()
+    dataset = ["--dataset", "binarized-mnist", "--data-dir", str(root)] if root else [
+        "--dataset", "digits"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "pyro_genmodels.cli", "train", "--model", "vae", *dataset,
+                "--epochs", str(epochs), "--limit", str(limit), "--batch-size", "100",
+                "--out", tmp, "--no-progress", "--accelerator", "cpu", "--seed", "0"]  # fmt: skip
+        if devices > 1:
+            argv += ["--devices", str(devices), "--strategy", "ddp"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"} if devices > 1 else dict(os.environ)
+        subprocess.run(argv, check=True, cwd=ROOT, env=env, capture_output=True)
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").open()]
+    return statistics.median(r["seconds"] for r in rows), rows[-1]["valid_elbo"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", default="32,128,512")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the s/epoch table")
+    parser.add_argument("--epoch-limit", type=int, default=10_000, help="training images")
     parser.add_argument(
         "--global-params",
         action="store_true",
@@ -152,6 +208,17 @@ def main() -> None:
             name = {"elbo": "Trace_ELBO", "meanfield": "TraceMeanField_ELBO"}[objective]
             print(f"| {name} | {batch} | {lit * 1e3:.2f} | {loop * 1e3:.2f} | {lit / loop:.2f} "
                   f"| {plain * 1e3:.2f} | {loop / plain:.2f} |")  # fmt: skip
+    if args.epochs <= 0:
+        return
+    print(f"\n# s/epoch through `pyro-genmodels train` ({args.epoch_limit} images, batch 100 "
+          f"per process, median of {args.epochs} epochs)")  # fmt: skip
+    print("| processes | s/epoch | ratio to 1 process | valid ELBO after the last epoch |")
+    print("|---:|---:|---:|---:|")
+    base = None
+    for devices in (1, 2):
+        seconds, elbo = epoch_seconds(devices, args.epochs, args.epoch_limit)
+        base = base or seconds
+        print(f"| {devices} | {seconds:.2f} | {seconds / base:.2f} | {elbo:.2f} |")
 
 
 if __name__ == "__main__":
