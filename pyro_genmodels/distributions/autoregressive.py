@@ -4,8 +4,9 @@ r"""Autoregressive distributions over whole images.
 order within a pixel for channel-aware likelihoods). A causal network maps the
 image (and an optional context) to the parameters of every conditional at once,
 so ``log_prob`` is one network pass; ``sample`` is the sequential H x W (x C)
-loop, where step (r, c) only needs the rows up to r (the network is row-causal),
-so each pass runs on the rows drawn so far.
+loop. By default each step runs the network's cached sampler (one position per layer,
+:mod:`pyro_genmodels.nn.cached`); ``sample(..., cached=False)`` is the reference loop that
+reruns the network on the rows drawn so far (step (r, c) only needs the rows up to r).
 """
 
 from __future__ import annotations
@@ -112,21 +113,54 @@ class AutoregressiveImage(dist.TorchDistribution):
         lp = self._conditional(x, lead).log_prob(x).reshape(lead)
         return lp.expand(torch.broadcast_shapes(lead, self.batch_shape))
 
+    def _flat_context(self, lead: torch.Size):
+        """The context vector ``(n, D)`` and map ``(n, Cm, H, W)`` (or None) for ``lead``."""
+        ctx = ctx_map = None
+        if self.context is not None:
+            ctx = self.context.expand(lead + self.context.shape[-1:]).reshape(
+                -1, self.context.shape[-1]
+            )
+        if self.context_map is not None:
+            ctx_map = self.context_map.expand(lead + self.context_map.shape[-3:])
+            ctx_map = ctx_map.reshape(-1, *self.context_map.shape[-3:])
+        return ctx, ctx_map
+
     @torch.no_grad()
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:  # noqa: B008
+    def sample(self, sample_shape=torch.Size(), cached: bool = True) -> torch.Tensor:  # noqa: B008
+        """Draw images pixel by pixel (and channel by channel for channel-aware likelihoods).
+
+        :param cached: use the network's cached sampler (one position per layer and step,
+            :mod:`pyro_genmodels.nn.cached`) where it has one; ``False`` runs the whole
+            network on the rows drawn so far at every step (the reference). Both draw each
+            pixel from ``likelihood(params of that pixel).sample()``, so they consume the random
+            stream identically and, with the same seed, return the same images.
+        """
         shape = torch.Size(sample_shape) + self.batch_shape
         c, h, w = self.event_shape
+        n = math.prod(shape)
         ref = self._reference()
-        x = ref.new_zeros(math.prod(shape), c, h, w)
+        x = ref.new_zeros(n, c, h, w)
+        ctx, ctx_map = self._flat_context(shape)
+        sampler = None
+        if cached and hasattr(self.net, "cached_sampler"):
+            sampler = self.net.cached_sampler(ref, n, self.event_shape, ctx, ctx_map)
         channels = range(c) if self.likelihood.channel_aware else [None]
         for r in range(h):
+            rows_map = ctx_map[..., : r + 1, :] if ctx_map is not None else None
             for col in range(w):
                 for ch in channels:
-                    draw = self._conditional(x[:, :, : r + 1], shape).sample()
-                    if ch is None:
-                        x[:, :, r, col] = draw[:, :, r, col]
+                    if sampler is not None:
+                        params = sampler.step(r, col)  # (n, P)
                     else:
-                        x[:, ch, r, col] = draw[:, ch, r, col]
+                        net_in = self.likelihood.net_input(x[:, :, : r + 1])
+                        params = self.net(net_in, ctx, rows_map)[:, :, r, col]
+                    draw = self.likelihood(params[:, :, None, None]).sample()[:, :, 0, 0]
+                    if ch is None:
+                        x[:, :, r, col] = draw
+                    else:
+                        x[:, ch, r, col] = draw[:, ch]
+                    if sampler is not None:
+                        sampler.image.put(r, col, self.likelihood.net_input(x[:, :, r, col]))
         return x.reshape(shape + self.event_shape)
 
     def _reference(self) -> torch.Tensor:

@@ -87,10 +87,14 @@ class PixelModel(ImageModel):
         return self.distribution(context).log_prob(self.check_input(x))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, context=None) -> torch.Tensor:
-        """Draw ``num_samples`` images pixel by pixel, ``(num_samples, C, H, W)``."""
+    def sample(self, num_samples: int, context=None, cached: bool = True) -> torch.Tensor:
+        """Draw ``num_samples`` images pixel by pixel, ``(num_samples, C, H, W)``.
+
+        :param cached: the fast sampler (default) or, with ``False``, the naive reference
+            loop; with the same seed both return the same images.
+        """
         d = self.distribution(context)
-        return d.sample((int(num_samples),) if context is None else ())
+        return d.sample((int(num_samples),) if context is None else (), cached=cached)
 
 
 @register_model("pixelcnn", PixelConfig)

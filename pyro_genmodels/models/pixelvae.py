@@ -139,10 +139,17 @@ class PixelVAE(VAE):
             pyro.sample("x", self.conditional(self._flat(z)), obs=x)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, mean: bool = False, cached: bool = True) -> torch.Tensor:
         """Images for latents ``z`` ``(n, z_size)``: an autoregressive sample (there is no
-        closed-form mean of a PixelCNN)."""
-        return self.conditional(z).sample()
+        closed-form mean of a PixelCNN); ``cached=False`` runs the naive reference loop."""
+        return self.conditional(z).sample(cached=cached)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = False, cached: bool = True) -> torch.Tensor:
+        """z ~ p(z), then x ~ p(x | z) pixel by pixel (cached sampler unless ``cached=False``;
+        with the same seed both return the same images)."""
+        z = self.prior.draw(int(num_samples), self._ref(), self)
+        return self.decode(self._flat(z), mean=mean, cached=cached)
 
     @torch.no_grad()
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,14 @@ class PixelCNNNet(nn.Module):
             raise ValueError("PixelCNN is unconditional; use gated-pixelcnn for a context")
         return self.head(self.blocks(self.input(x)))
 
+    def cached_sampler(self, ref, batch, image_shape, context=None, context_map=None):
+        """One position per layer and sampling step (:mod:`.cached`)."""
+        from .cached import PixelCNNSampler
+
+        if context is not None or context_map is not None:
+            raise ValueError("PixelCNN is unconditional; use gated-pixelcnn for a context")
+        return PixelCNNSampler(self, ref, batch, image_shape)
+
 
 def _gate(pre: torch.Tensor) -> torch.Tensor:
     a, b = pre.chunk(2, dim=1)
@@ -183,3 +191,13 @@ class GatedPixelCNNNet(nn.Module):
             v, h, skip = layer(v, h, context, context_map)
             skips = skips + skip
         return self.head(skips)
+
+    def cached_sampler(self, ref, batch, image_shape, context=None, context_map=None):
+        """Vertical stack a row at a time, the rest one position per step (:mod:`.cached`)."""
+        from .cached import GatedPixelCNNSampler
+
+        if context is not None and not self.context_dim:
+            raise ValueError("this network was built without context_dim")
+        if context_map is not None and not self.context_channels:
+            raise ValueError("this network was built without context_channels")
+        return GatedPixelCNNSampler(self, ref, batch, image_shape, context, context_map)

@@ -128,6 +128,7 @@ class PixelRNNNet(nn.Module):
         if kind not in ("row", "diagonal"):
             raise ValueError(f"kind must be 'row' or 'diagonal', got {kind!r}")
         h = hidden_channels
+        self.kind = kind
         self.input = MaskedConv2d(in_channels, 2 * h, first_kernel, "A", groups)
         make = (
             (lambda: RowLSTMLayer(2 * h, h, groups))
@@ -147,3 +148,14 @@ class PixelRNNNet(nn.Module):
         for lstm, residual in zip(self.lstms, self.residuals, strict=True):
             features = features + residual(lstm(features))
         return self.head(features)
+
+    def cached_sampler(self, ref, batch, image_shape, context=None, context_map=None):
+        """Row LSTM: the recurrent state carried from row to row; Diagonal BiLSTM: the
+        left-to-right states one position per step, the right-to-left ones a row behind
+        (:mod:`.cached`)."""
+        if context is not None or context_map is not None:
+            raise ValueError("the PixelRNN networks are unconditional")
+        from .cached import DiagonalBiLSTMSampler, RowLSTMSampler
+
+        sampler = RowLSTMSampler if self.kind == "row" else DiagonalBiLSTMSampler
+        return sampler(self, ref, batch, image_shape)
