@@ -2,7 +2,9 @@
 
 Data sets: ``digits`` (scikit-learn's 8x8 digits, embedded,
 always available offline), ``mnist``, ``binarized-mnist`` (the static
-Larochelle & Murray binarization) and ``fashion-mnist``.
+Larochelle & Murray binarization) and ``fashion-mnist`` (grey, 28x28); ``cifar10`` and
+``svhn`` (RGB, 32x32); ``photo-patches`` (RGB 16x16 patches of the two colour photographs
+scikit-learn ships, embedded, the offline RGB default).
 
 Files are read from ``data_dir``, else ``$PYRO_GENMODELS_DATA``, else a user
 cache directory, in these layouts:
@@ -11,11 +13,16 @@ cache directory, in these layouts:
   or torchvision's ``MNIST/raw`` / ``FashionMNIST/raw`` (downloaded by torchvision
   where the network allows);
 * ``binarized_mnist.npz`` (``train, valid, test``) or the original
-  ``binarized_mnist_{train,valid,test}.amat`` files.
+  ``binarized_mnist_{train,valid,test}.amat`` files;
+* torchvision's ``cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
+  ``test_batch``) and SVHN's ``train_32x32.mat`` / ``test_32x32.mat``, downloaded by
+  torchvision where the network allows.
 
 Splits: ``train`` / ``valid`` / ``test``. The validation split serves model
 selection (MNIST: the last 10000 of the 60000 training images, as in the
-binarized set); ``test`` is for final figures only.
+binarized set; CIFAR-10 and SVHN: the last 10 % of the training file(s), 5000 and 7326
+images; photo-patches: a band of each photograph, see :func:`photo_patches`); ``test`` is
+for final figures only.
 
 Representations (``data_format``, chosen by the likelihood):
 
@@ -38,7 +45,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-DATASETS = ("digits", "mnist", "binarized-mnist", "fashion-mnist")
+DATASETS = (
+    "digits", "mnist", "binarized-mnist", "fashion-mnist", "cifar10", "svhn", "photo-patches",
+)  # fmt: skip
 SPLITS = ("train", "valid", "test")
 BINARIZATIONS = ("static", "dynamic")
 DATA_FORMATS = ("binary", "dequantized", "levels")
@@ -47,6 +56,8 @@ ENV_NO_DOWNLOAD = "PYRO_GENMODELS_NO_DOWNLOAD"
 
 _MNIST_VALID = 10_000  # the last 10000 training images form the validation split
 _DIGITS_SPLIT = (1297, 200, 300)  # train / valid / test sizes of a fixed permutation
+_RGB_VALID_FRACTION = 0.1  # CIFAR-10, SVHN: the last 10 % of the training images validate
+_CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -210,6 +221,133 @@ def _digits(split: str) -> RawImages:
     return RawImages(images, torch.from_numpy(bunch.target[idx]).long(), False, "digits", split)
 
 
+def _check_rgb(arr: np.ndarray, what: str, size: int = 32) -> np.ndarray:
+    if arr.ndim != 4 or arr.shape[1:] != (3, size, size):
+        raise ValueError(
+            f"{what} should hold {size}x{size} RGB images, found an array of shape {arr.shape}"
+        )
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{what} should hold uint8 levels 0..255, found dtype {arr.dtype}")
+    return arr
+
+
+def _train_valid(x: np.ndarray, y: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The training part or the validation part (the last 10 %) of a training file."""
+    if split == "test":
+        return x, y
+    cut = len(x) - int(round(len(x) * _RGB_VALID_FRACTION))
+    return (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
+
+
+def _torchvision_download(name: str, cls_name: str, root: Path, expected: Path, **kwargs) -> None:
+    """Let torchvision download a missing data set into ``root`` (where the network allows)."""
+    from torchvision import datasets
+
+    if not kwargs.pop("download"):
+        raise DataNotFoundError(
+            f"{name} not found: {expected} is missing (downloads are disabled); pass --data-dir "
+            f"or set ${ENV_DATA_DIR} to the directory holding it"
+        )
+    existed = root.exists()
+    try:
+        with _socket_timeout(20):
+            getattr(datasets, cls_name)(str(root), download=True, **kwargs)
+    except (RuntimeError, OSError) as e:
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise DataNotFoundError(
+            f"{name} not found: {expected} is missing and downloading it failed; pass "
+            f"--data-dir or set ${ENV_DATA_DIR} to the directory holding it"
+        ) from e
+
+
+def _cifar10(split: str, root: Path, download: bool) -> RawImages:
+    """CIFAR-10 from torchvision's ``cifar-10-batches-py/`` layout.
+
+    The pickled batches are read here rather than through ``torchvision.datasets.CIFAR10``,
+    which refuses any file whose MD5 differs from the official one (a subset, a re-pickled
+    copy, the tests' small files); only the download goes through torchvision. Like
+    torchvision, this unpickles the files: use data from a source you trust.
+    """
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    names = _CIFAR_FILES["test" if split == "test" else "train"]
+    missing = [folder / n for n in names if not (folder / n).is_file()]
+    if missing:
+        _torchvision_download(
+            "cifar10", "CIFAR10", root, missing[0], train=split != "test", download=download
+        )
+    xs, ys = [], []
+    for n in names:
+        path = folder / n
+        try:
+            with path.open("rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data, labels = batch[b"data"], batch[b"labels"]
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a CIFAR-10 batch ({_first_line(e)})") from e
+        data = np.asarray(data)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path} should hold rows of 3072 levels, found shape {data.shape}")
+        xs.append(_check_rgb(data.reshape(-1, 3, 32, 32), str(path)))
+        ys.append(np.asarray(labels, dtype=np.int64))
+    x, y = _train_valid(np.concatenate(xs), np.concatenate(ys), split)
+    return RawImages(torch.from_numpy(x.copy()), torch.from_numpy(y), False, "cifar10", split)
+
+
+def _svhn(split: str, root: Path, download: bool) -> RawImages:
+    """SVHN (cropped digits) from ``train_32x32.mat`` / ``test_32x32.mat`` in ``root``, read
+    with SciPy for the same reason as CIFAR-10 (torchvision checks the official MD5); label
+    10 is the digit 0, as in the files."""
+    from scipy.io import loadmat
+
+    path = root / ("test_32x32.mat" if split == "test" else "train_32x32.mat")
+    if not path.is_file():
+        _torchvision_download(
+            "svhn", "SVHN", root, path, split="test" if split == "test" else "train",
+            download=download,
+        )  # fmt: skip
+    try:
+        mat = loadmat(path)
+        x, y = mat["X"], mat["y"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not an SVHN .mat file ({_first_line(e)})") from e
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise ValueError(f"{path}['X'] should have shape (32, 32, 3, N), found {x.shape}")
+    x = _check_rgb(np.ascontiguousarray(x.transpose(3, 2, 0, 1)), f"{path}['X']")
+    y = np.asarray(y, dtype=np.int64).reshape(-1) % 10
+    x, y = _train_valid(x, y, split)
+    return RawImages(torch.from_numpy(x.copy()), torch.from_numpy(y), False, "svhn", split)
+
+
+#: photo-patches: patch size, stride, and the column bands of each photograph per split
+PHOTO_PATCH_SIZE, PHOTO_PATCH_STRIDE = 16, 8
+PHOTO_BANDS = {"train": (0.0, 0.7), "valid": (0.7, 0.85), "test": (0.85, 1.0)}
+
+
+def photo_patches(split: str) -> torch.Tensor:
+    """16x16 RGB patches, stride 8, of the two photographs scikit-learn ships (``china.jpg``
+    and ``flower.jpg``, 427 x 640, ``sklearn.datasets.load_sample_images``), uint8
+    ``(N, 3, 16, 16)``. Split by region: in each photograph the left 70 % of the columns
+    give the training patches, the next 15 % the validation patches and the right 15 % the
+    test patches; no patch crosses a band, so no pixel is shared between splits.
+    Deterministic: photo by photo, row by row."""
+    from sklearn.datasets import load_sample_images
+
+    size, stride = PHOTO_PATCH_SIZE, PHOTO_PATCH_STRIDE
+    lo, hi = PHOTO_BANDS[split]
+    patches = []
+    for image in load_sample_images().images:
+        height, width, _ = image.shape
+        left, right = int(round(lo * width)), int(round(hi * width))
+        photo = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W), a copy
+        band = photo[:, :, left:right]
+        windows = band.unfold(1, size, stride).unfold(2, size, stride)  # (3, nr, nc, s, s)
+        patches.append(windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size))
+    return torch.cat(patches).contiguous()
+
+
 def load_raw(
     name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = True
 ) -> RawImages:
@@ -221,10 +359,16 @@ def load_raw(
     _check_name(name, split)
     if name == "digits":
         return _digits(split)
+    if name == "photo-patches":
+        return RawImages(photo_patches(split), None, False, name, split)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if name == "binarized-mnist":
         return _binarized_mnist(split, root)
     download = download and not os.environ.get(ENV_NO_DOWNLOAD)
+    if name == "cifar10":
+        return _cifar10(split, root, download)
+    if name == "svhn":
+        return _svhn(split, root, download)
     return _mnist_like(name, split, root, download)
 
 

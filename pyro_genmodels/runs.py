@@ -40,7 +40,7 @@ from .registry import create_model, make_config, model_from_config
 #: training settings that ``resume`` may change; the rest come from the checkpoint
 RESUMABLE = (
     "epochs", "patience", "device", "progress", "accelerator", "devices", "num_nodes", "strategy",
-    "precision", "logger",
+    "precision", "logger", "compile",
 )  # fmt: skip
 #: guide options that checkpoints of version 0.1.0 hold flat in the model config
 _FLAT_GUIDE_OPTIONS = (
@@ -115,6 +115,11 @@ def train_run(
         train_config = _resumed_train_config(ckpt["train_config"], train_config)
         model_name, model_config = meta["model"], upgrade_model_config(meta["model_config"])
         data = meta["data"]
+        if dataset is not None and dataset != data["dataset"]:
+            raise ValueError(
+                f"{out} was trained on {data['dataset']}; --resume continues on it, not on "
+                f"{dataset} (drop --dataset, or train a new run with another --out)"
+            )
         dataset, limit, binarization = data["dataset"], data["limit"], data["binarization"]
         preset = meta.get("preset")
         data_dir = data_dir if data_dir is not None else data.get("data_dir")

@@ -167,6 +167,7 @@ class TrainConfig:
     logger: LoggerName = "none"  # also log to RUN_DIR/lightning_logs: csv or tensorboard
     valid_batch_size: int = 500  # images per validation batch
     validate: bool = True  # Pyro's argument and shape checks (off: ~10% faster steps)
+    compile: bool = False  # torch.compile the model's networks (first step slower; see README)
     progress: bool = True  # tqdm progress bar with the running loss
 
     def __post_init__(self):

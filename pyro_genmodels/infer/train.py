@@ -67,6 +67,31 @@ class _TensorBatches(Dataset):
         return self.data[index]
 
 
+#: the submodules :func:`compile_networks` compiles: the pixel models' causal network, the
+#: PixelVAE's, and the VAEs' encoder and decoder (plain networks; the Pyro program around
+#: them, with its tracing, stays eager)
+COMPILED_NETWORKS = ("net", "pixel_net", "encoder", "decoder")
+
+
+def compile_networks(module: torch.nn.Module) -> list[str]:
+    """``torch.compile`` the plain networks of ``module`` in place (``nn.Module.compile``: the
+    state dict and checkpoints are unchanged) and return their names.
+
+    Off by default (``TrainConfig.compile``): compiling costs about 20 s per process before
+    the first step and needs a C++ compiler on CPU; it repays that on long runs
+    (benchmarks/pixel_models.py --speed measures both).
+    """
+    names = []
+    for name in COMPILED_NETWORKS:
+        child = getattr(module, name, None)
+        if isinstance(child, torch.nn.Module) and any(True for _ in child.parameters()):
+            child.compile()
+            names.append(name)
+    if not names:
+        raise ValueError(f"{type(module).__name__} has none of {COMPILED_NETWORKS} to compile")
+    return names
+
+
 @contextlib.contextmanager
 def quiet_lightning():
     """Lightning's banners (accelerators found, tips, "fit stopped") and its pytree
@@ -239,6 +264,9 @@ class Trainer:
             raise ValueError("the validation set is empty (pass valid_data=None to skip it)")
         if self.config.patience and valid_data is None:
             raise ValueError("early stopping (patience > 0) needs validation data")
+        self._check_image_shape(train_data, "training")
+        if valid_data is not None:
+            self._check_image_shape(valid_data, "validation")
         if resume:
             if self.checkpoint_path is None:
                 raise ValueError("resume needs a run_dir")
@@ -252,8 +280,30 @@ class Trainer:
         self.module.eval()  # scored as trained: exact discrete codes, no dropout
         return self.metrics
 
+    def _check_image_shape(self, data, what: str) -> None:
+        """Images of another shape (an RGB data set for a grey model) fail here, before any
+        process starts, not inside the first step."""
+        shape = getattr(self.module, "image_shape", None)
+        if shape is None:
+            return
+        got = tuple(data[[0]].shape[1:])
+        if got != tuple(shape):
+            channels = {1: "grey", 3: "RGB"}
+            kinds = f" ({channels.get(got[0], f'{got[0]}-channel')} images for a " + (
+                f"{channels.get(shape[0], f'{shape[0]}-channel')} model)"
+                if got[0] != shape[0]
+                else ")"
+            )
+            raise ValueError(
+                f"the {what} images have shape {got} but the model was built for "
+                f"{tuple(shape)}{kinds}; build the model with image_shape={got}"
+            )
+
     def _fit_lightning(self, train_data, valid_data, resume: bool, remaining: int) -> None:
         from .lightning import SVIModule, make_loaders
+
+        if self.config.compile:
+            compile_networks(self.module)
 
         trainer = self._lightning_trainer(remaining)
         rank, world = trainer.global_rank, trainer.world_size
