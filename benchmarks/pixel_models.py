@@ -2,7 +2,7 @@
 
 For each model: seconds per training epoch, the exact test NLL (nats and bits/dim)
 after the stated budget (best epoch on the validation split), and the time to
-draw 16 samples of 28x28 (784 sequential network passes).
+draw 16 samples of 28x28 (the default, cached sampler; see benchmarks/sampling.py).
 
     .venv/bin/python benchmarks/pixel_models.py --epochs 1 --limit 10000 --out results/pixel
 

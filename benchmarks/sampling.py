@@ -40,12 +40,12 @@ MODELS = {
     "row": (
         "pixelrnn",
         {"hidden_channels": 32, "num_layers": 5},
-        "Row LSTM, 32 x 5 (the README's pixel table)",
+        "Row LSTM, 32 feature maps x 5 layers",
     ),
     "diagonal": (
         "diagonal-bilstm",
         {"hidden_channels": 32, "num_layers": 5},
-        "Diagonal BiLSTM, 32 x 5 (the README's pixel table)",
+        "Diagonal BiLSTM, 32 feature maps x 5 layers",
     ),
 }
 
