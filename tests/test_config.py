@@ -87,7 +87,7 @@ def test_resume_changes_only_what_it_can(tmp_path, capsys):
         code,
         err,
         "only epochs, patience, device, progress, accelerator, devices, num_nodes, strategy, "
-        "precision, logger may change (got lr)",
+        "precision, logger, compile may change (got lr)",
     )
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", 2, "--latent-dim", 9)
     assert_one_line_error(code, err, "drop the model settings (latent_dim)")
