@@ -66,6 +66,18 @@ def test_pixelvae_cached_and_naive_samples_are_identical(likelihood, shape, cont
     assert_identical_and_varied(fast, naive, likelihood)
 
 
+@pytest.mark.parametrize("kernel_size", [5, 9])
+def test_wider_kernels_sample_identically(kernel_size):
+    """The caches' zero border follows the widest kernel (here wider than the 7x7 input)."""
+    model = make("gated-pixelcnn", (1, 6, 11), "bernoulli", kernel_size=kernel_size)
+    fast, naive = both_samplers(lambda cached: model.sample(4, cached=cached))
+    assert_identical_and_varied(fast, naive, "bernoulli")
+    x = random_images((1, 6, 11), "bernoulli")
+    double = model.double()
+    torch.testing.assert_close(cached_params(double.distribution(), x), double.params(x),
+                               rtol=1e-10, atol=1e-10)  # fmt: skip
+
+
 def test_a_distribution_with_a_batch_of_contexts_samples_identically():
     model = make("gated-pixelcnn", (1, 5, 5), "bernoulli", context_dim=3, context_channels=2)
     context, context_map = torch.randn(4, 3), torch.randn(4, 2, 5, 5)

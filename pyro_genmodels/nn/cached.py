@@ -30,39 +30,40 @@ from torch import nn
 
 from .pixelrnn import _lstm_update
 
-#: zero border of a canvas (rows on top, columns each side): covers kernels up to 7 wide
-#: (the 7x7 input convolutions; the first vertical stack reads 4 rows above)
-PAD = 4
-
 
 class Canvas:
     """A ``(B, C, H, W)`` map filled in raster order, stored with a zero border so that every
     causal window is a plain slice (positions above the image or beside it read 0, as the
     convolutions' zero padding does)."""
 
-    def __init__(self, ref: torch.Tensor, batch: int, channels: int, height: int, width: int):
-        self.width = width
-        self.data = ref.new_zeros(batch, channels, height + PAD, width + 2 * PAD)
+    def __init__(self, ref: torch.Tensor, batch: int, channels: int, height: int, width: int,
+                 pad: int):  # fmt: skip
+        self.width, self.pad = width, pad
+        self.data = ref.new_zeros(batch, channels, height + pad, width + 2 * pad)
 
     def put(self, r: int, c: int, value: torch.Tensor) -> None:
         """Write ``(B, C)`` values at pixel (r, c)."""
-        self.data[:, :, r + PAD, c + PAD] = value
+        self.data[:, :, r + self.pad, c + self.pad] = value
 
     def put_row(self, r: int, value: torch.Tensor) -> None:
         """Write ``(B, C, W)`` values on row r."""
-        self.data[:, :, r + PAD, PAD : PAD + self.width] = value
+        self.data[:, :, r + self.pad, self.pad : self.pad + self.width] = value
 
     def at(self, r: int, c: int) -> torch.Tensor:
-        return self.data[:, :, r + PAD, c + PAD]
+        return self.data[:, :, r + self.pad, c + self.pad]
+
+    def row(self, r: int) -> torch.Tensor:
+        """``(B, C, W)``: row r."""
+        return self.data[:, :, r + self.pad, self.pad : self.pad + self.width]
 
     def window(self, r: int, c: int, top: int, rows: int, left: int, cols: int) -> torch.Tensor:
         """Rows ``r - top ..`` (``rows`` of them), columns ``c - left ..`` (``cols``)."""
-        y, x = r + PAD - top, c + PAD - left
+        y, x = r + self.pad - top, c + self.pad - left
         return self.data[:, :, y : y + rows, x : x + cols]
 
     def row_window(self, r: int, top: int, rows: int, left: int, cols: int) -> torch.Tensor:
         """The window of every column of row r at once, for a ``conv2d`` without padding."""
-        y, x = r + PAD - top, PAD - left
+        y, x = r + self.pad - top, self.pad - left
         return self.data[:, :, y : y + rows, x : x + self.width + cols - 1]
 
 
@@ -89,8 +90,6 @@ class ConvAt:
             w = w.unsqueeze(2)
         self.top, self.rows, self.cols = top, rows, w.shape[-1]
         self.left = conv.padding[-1] if left is None else left
-        if top > PAD or self.left > PAD or self.cols - 1 - self.left > PAD:
-            raise ValueError(f"cached sampling supports kernels up to 7 wide, got {conv}")
         self.kernel = w[:, :, :rows].contiguous()  # (out, in, rows, cols), for whole rows
         self.matrix = self.kernel.reshape(w.shape[0], -1).t().contiguous()  # (in*rows*cols, out)
         self.bias = None if conv.bias is None else conv.bias.detach()
@@ -140,15 +139,19 @@ def _gate(pre: torch.Tensor) -> torch.Tensor:
 
 
 class CachedSampler:
-    """Base: the input canvas that the caller fills, and the batch size."""
+    """Base: the input canvas that the caller fills, and the batch size. Canvases get a zero
+    border as wide as the network's widest kernel needs (rows above, columns either side)."""
 
-    def __init__(self, ref: torch.Tensor, batch: int, image_shape, in_channels: int):
+    def __init__(self, net: nn.Module, ref: torch.Tensor, batch: int, image_shape,
+                 in_channels: int):  # fmt: skip
         _, self.height, self.width = image_shape
         self.batch, self.ref = batch, ref
-        self.image = Canvas(ref, batch, in_channels, self.height, self.width)
+        kernels = [m.kernel_size for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        self.pad = max(k // 2 + 1 for kernel in kernels for k in kernel)
+        self.image = self.canvas(in_channels)
 
     def canvas(self, channels: int) -> Canvas:
-        return Canvas(self.ref, self.batch, channels, self.height, self.width)
+        return Canvas(self.ref, self.batch, channels, self.height, self.width, self.pad)
 
     def step(self, r: int, c: int) -> torch.Tensor:
         raise NotImplementedError
@@ -160,7 +163,7 @@ class PixelCNNSampler(CachedSampler):
     1x1 convs work on the pixel's vector."""
 
     def __init__(self, net, ref, batch, image_shape):
-        super().__init__(ref, batch, image_shape, net.input.in_channels)
+        super().__init__(net, ref, batch, image_shape, net.input.in_channels)
         self.input = _causal_conv(net.input)
         self.blocks = []
         for block in net.blocks:
@@ -184,7 +187,7 @@ class GatedPixelCNNSampler(CachedSampler):
     and map's contributions are computed once."""
 
     def __init__(self, net, ref, batch, image_shape, context=None, context_map=None):
-        super().__init__(ref, batch, image_shape, net.layers[0].v_conv.in_channels)
+        super().__init__(net, ref, batch, image_shape, net.layers[0].v_conv.in_channels)
         self.layers, self.row = [], None
         v_in = h_in = self.image
         for layer in net.layers:
@@ -250,7 +253,7 @@ class RowLSTMSampler(CachedSampler):
     reads the states at (r-1, c-k//2 .. c+k//2) and its row's input up to c."""
 
     def __init__(self, net, ref, batch, image_shape):
-        super().__init__(ref, batch, image_shape, net.input.in_channels)
+        super().__init__(net, ref, batch, image_shape, net.input.in_channels)
         self.input = _causal_conv(net.input)
         self.layers = []
         for lstm, residual in zip(net.lstms, net.residuals, strict=True):
@@ -316,7 +319,7 @@ class DiagonalBiLSTMSampler(CachedSampler):
     """
 
     def __init__(self, net, ref, batch, image_shape):
-        super().__init__(ref, batch, image_shape, net.input.in_channels)
+        super().__init__(net, ref, batch, image_shape, net.input.in_channels)
         self.input = _causal_conv(net.input)
         self.row = None
         self.layers = []
@@ -338,8 +341,8 @@ class DiagonalBiLSTMSampler(CachedSampler):
     def _right_to_left(self, e: dict, q: int) -> None:
         """The right-to-left states of row q (complete), from the right edge."""
         d, states, width = e["rtl"], e["rtl_state"], self.width
-        inputs = e["inputs"].data[:, :, q + PAD, PAD : PAD + width].transpose(1, 2)  # (B, W, C)
-        above = states.data[:, :, q - 1 + PAD, PAD : PAD + width].transpose(1, 2)  # (B, W, h)
+        inputs = e["inputs"].row(q).transpose(1, 2)  # (B, W, C)
+        above = states.row(q - 1).transpose(1, 2)  # (B, W, h)
         pre = d.input_to_state(inputs) + above @ d.above + d.bias  # (B, W, 4h)
         state = d.edge_state[q].expand(self.batch, -1)
         cell = d.edge_cell[q].expand(self.batch, -1)
