@@ -6,12 +6,13 @@ draw 16 samples of 28x28 (the default, cached sampler; see benchmarks/sampling.p
 
     .venv/bin/python benchmarks/pixel_models.py --epochs 1 --limit 10000 --out results/pixel
 
-``--speed`` instead times training of the Gated PixelCNN (``--hidden-channels``,
-``--num-layers``) eager and with ``TrainConfig(compile=True)`` (``torch.compile`` of the
-network) in the same process, over the same images: s/epoch of the second epoch (the first
-holds the compilation) and where the eager step spends its time (profile):
+``--speed`` instead times training of one model (``--models``, default the Gated PixelCNN;
+``--hidden-channels``, ``--num-layers``) eager and with ``TrainConfig(compile=True)``
+(``torch.compile`` of the network) in the same process, over the same images: s/epoch of
+the second epoch (the first holds the compilation), then where the eager step spends its
+time (profile):
 
-    .venv/bin/python benchmarks/pixel_models.py --speed --limit 10000
+    .venv/bin/python benchmarks/pixel_models.py --speed --limit 10000 [--models pixelcnn]
 """
 
 from __future__ import annotations
@@ -33,23 +34,25 @@ MODELS = ["pixelcnn", "gated-pixelcnn", "pixelrnn", "diagonal-bilstm"]
 
 
 def speed(args) -> None:
-    """s/epoch of the Gated PixelCNN, eager against compiled, and the eager step's profile."""
+    """s/epoch of one pixel model, eager and with ``torch.compile``; then the eager step's
+    profile."""
     import pyro
 
     pyro.settings.set(module_local_params=True)
     train, source = binarized_mnist("train", limit=args.limit or 10_000)
+    name = args.models if args.models in MODELS else "gated-pixelcnn"
 
     def build():
         torch.manual_seed(0)
         config = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
-        return pg.create_model("gated-pixelcnn", image_shape=(1, 28, 28), **config)
+        return pg.create_model(name, image_shape=(1, 28, 28), **config)
 
-    print(f"# Gated PixelCNN {args.hidden_channels} x {args.num_layers}, {len(train)} images of "
+    print(f"# {name} {args.hidden_channels} x {args.num_layers}, {len(train)} images of "
           f"{source}, batch {args.batch_size}; {machine()}")  # fmt: skip
     print("| training | s/epoch (epoch 2) | first epoch (s) | speed-up | train loss after 2 |")
     print("|---|---:|---:|---:|---:|")
     base = None
-    for label, compiled in (("eager", False), ("torch.compile", True)):
+    for label, compiled in (("eager (default)", False), ("torch.compile (--compile)", True)):
         config = TrainConfig(epochs=2, batch_size=args.batch_size, progress=False,
                              compile=compiled)  # fmt: skip
         metrics = fit(build(), train, config=config)
