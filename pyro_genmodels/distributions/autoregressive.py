@@ -85,17 +85,9 @@ class AutoregressiveImage(dist.TorchDistribution):
 
     def _conditional(self, x: torch.Tensor, lead: torch.Size) -> dist.TorchDistribution:
         """The pixel likelihood given images ``x`` ``(B, C, H', W)`` flattened from ``lead``."""
-        ctx = (
-            self.context.expand(lead + self.context.shape[-1:])
-            if self.context is not None
-            else None
-        )
-        ctx_map = None
-        if self.context_map is not None:
-            ctx_map = self.context_map.expand(lead + self.context_map.shape[-3:])
-            ctx_map = ctx_map.reshape(-1, *ctx_map.shape[-3:])[..., : x.shape[-2], :]
-        if ctx is not None:
-            ctx = ctx.reshape(-1, ctx.shape[-1])
+        ctx, ctx_map = self._flat_context(lead)
+        if ctx_map is not None:
+            ctx_map = ctx_map[..., : x.shape[-2], :]
         params = self.net(self.likelihood.net_input(x), ctx, ctx_map)
         return self.likelihood(params)
 
