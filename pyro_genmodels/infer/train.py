@@ -288,15 +288,14 @@ class Trainer:
             return
         got = tuple(data[[0]].shape[1:])
         if got != tuple(shape):
-            channels = {1: "grey", 3: "RGB"}
-            kinds = f" ({channels.get(got[0], f'{got[0]}-channel')} images for a " + (
-                f"{channels.get(shape[0], f'{shape[0]}-channel')} model)"
-                if got[0] != shape[0]
-                else ")"
-            )
+            kind = {1: "grey", 3: "RGB"}
+            which = ""
+            if got[0] != shape[0]:
+                have, want = (kind.get(c, f"{c}-channel") for c in (got[0], shape[0]))
+                which = f" ({have} images for a {want} model)"
             raise ValueError(
                 f"the {what} images have shape {got} but the model was built for "
-                f"{tuple(shape)}{kinds}; build the model with image_shape={got}"
+                f"{tuple(shape)}{which}; build the model with image_shape={got}"
             )
 
     def _fit_lightning(self, train_data, valid_data, resume: bool, remaining: int) -> None:
