@@ -162,6 +162,19 @@ def test_kl_annealing_schedule():
     assert all(a < b for a, b in zip(weights[:9], weights[1:10], strict=True))
 
 
+def test_kl_annealing_per_epoch_holds_beta_e_over_n_through_epoch_e():
+    """Tomczak & Welling's schedule: beta * e / anneal_epochs during (1-based) epoch e."""
+    trainer = Trainer(
+        pg.create_model("vae", image_shape=(1, 8, 8), **SMALL),
+        _cfg(beta=2.0, anneal_epochs=4, anneal_per="epoch"),
+    )
+    weights = [trainer.kl_weight(s, steps_per_epoch=3) for s in range(18)]
+    expected = [0.5] * 3 + [1.0] * 3 + [1.5] * 3 + [2.0] * 9
+    assert weights == pytest.approx(expected)
+    with pytest.raises(ValueError, match="unknown anneal_per 'batch'; valid: step, epoch"):
+        _cfg(anneal_per="batch")
+
+
 @pytest.mark.slow
 def test_training_improves_the_validation_elbo(tmp_path):
     config = {"latent_dim": 4, "hidden_dims": (128, 64)}

@@ -48,6 +48,7 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
 Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum"]
 Optimizer = Literal["adam", "clipped-adam", "adam-normgrad"]
 Device = Literal["auto", "cpu", "cuda"]
+AnnealPer = Literal["step", "epoch"]
 Accelerator = Literal["auto", "cpu", "gpu"]
 Precision = Literal["32", "16-mixed", "bf16-mixed"]
 LoggerName = Literal["none", "csv", "tensorboard"]
@@ -156,6 +157,7 @@ class TrainConfig:
     num_particles: int = 1  # particles per ELBO estimate (vectorized); K for "iwae"
     beta: float = 1.0  # KL weight (beta-VAE)
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
+    anneal_per: AnnealPer = "step"  # warm-up: per step, or per epoch (beta * e / anneal_epochs)
     free_bits: float = 0.0  # KL floor in nats per latent dimension (0: off); elbo objective
     seed: int = 0  # random seed (initial weights, batches, samples)
     device: Device = "auto"  # auto: CUDA when available, else CPU (or use --accelerator)
@@ -193,6 +195,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 kind = "a non-negative" if low == 0 else "a positive"
                 raise ValueError(f"{key} must be {kind} integer, got {value!r}")
+        if self.anneal_per not in get_args(AnnealPer):
+            valid = ", ".join(get_args(AnnealPer))
+            raise ValueError(f"unknown anneal_per {self.anneal_per!r}; valid: {valid}")
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.lr > 0:

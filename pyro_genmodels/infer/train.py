@@ -180,11 +180,19 @@ class Trainer:
         return self.run_dir / CHECKPOINT_NAME if self.run_dir else None
 
     def kl_weight(self, step: int, steps_per_epoch: int) -> float:
-        """beta, linearly annealed over ``anneal_epochs`` (strictly positive)."""
+        """beta, linearly annealed over ``anneal_epochs`` (strictly positive).
+
+        ``anneal_per="step"`` raises it at every step, reaching beta at the last step of
+        epoch ``anneal_epochs``; ``"epoch"`` holds ``beta * e / anneal_epochs`` through epoch
+        ``e`` (1-based), the schedule of Tomczak & Welling's code.
+        """
         beta = float(self.config.beta)
-        anneal_steps = self.config.anneal_epochs * steps_per_epoch
-        if anneal_steps <= 0:
+        if self.config.anneal_epochs <= 0:
             return beta
+        if self.config.anneal_per == "epoch":
+            epoch = step // steps_per_epoch + 1
+            return beta * min(1.0, epoch / self.config.anneal_epochs)
+        anneal_steps = self.config.anneal_epochs * steps_per_epoch
         return beta * min(1.0, (step + 1) / anneal_steps)
 
     # -- checkpoints ------------------------------------------------------------------------
