@@ -422,7 +422,12 @@ def evaluate_images_distributed(
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from .infer.lightning import BatchEvaluator, StridedSampler, quiet_lightning
+    from .infer.lightning import (
+        BatchEvaluator,
+        StridedSampler,
+        quiet_lightning,
+        release_process_group,
+    )
 
     size = _evaluation_settings(module, x, kwargs.get("method", "iw"), batch_size)
     kwargs = {**_EVAL_DEFAULTS, **kwargs}
@@ -442,6 +447,7 @@ def evaluate_images_distributed(
         )
         start = time.perf_counter()
         trainer.predict(evaluator, loader, return_predictions=False)
+        release_process_group()
     if trainer.global_rank != 0:
         return None
     return summarize_evaluation(module, evaluator.results, time.perf_counter() - start, **kwargs)

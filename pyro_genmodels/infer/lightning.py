@@ -204,6 +204,21 @@ class BatchEvaluator(pl.LightningModule):
             self.results = [r for part in gathered for r in part]
 
 
+def release_process_group() -> None:
+    """End this process's part in a distributed run: wait for the other processes, then
+    destroy the default process group.
+
+    Lightning leaves the group alive after ``fit`` and ``predict`` (to reuse it); a process
+    that then exits with gloo's threads still running can abort in C++ teardown
+    ("terminate called without an active exception", exit status -6) after its work is done.
+    A no-op outside a distributed run.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def make_loaders(
     train_data: Dataset,
     valid_data: torch.Tensor | None,

@@ -307,7 +307,7 @@ class Trainer:
             )
 
     def _fit_lightning(self, train_data, valid_data, resume: bool, remaining: int) -> None:
-        from .lightning import SVIModule, make_loaders
+        from .lightning import SVIModule, make_loaders, release_process_group
 
         if self.config.compile:
             compile_networks(self.module)
@@ -331,6 +331,7 @@ class Trainer:
             # its KeyboardInterrupt (the CLI's hint names the checkpoint) and its handler
             signal.signal(signal.SIGINT, handler)
             raise KeyboardInterrupt from None
+        release_process_group()
 
     def _lightning_trainer(self, max_epochs: int):
         import lightning.pytorch as pl
