@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .infer.checkpoint import load_checkpoint, save_atomic, write_text_atomic
-from .infer.train import BEST_NAME, METRICS_NAME
+from .infer.train import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME
 
 CARD_NAME = "README.md"
 EVALUATION_NAME = "evaluation.json"
@@ -72,7 +72,12 @@ def load_pretrained(name: str, device: str = "cpu") -> torch.nn.Module:
 
 
 def _card(
-    name: str, best: dict, metrics: list[dict], evaluation: dict | None, note: str = ""
+    name: str,
+    best: dict,
+    metrics: list[dict],
+    evaluation: dict | None,
+    note: str = "",
+    train_config: dict | None = None,
 ) -> str:
     meta = best["metadata"]
     data = meta["data"]
@@ -102,6 +107,15 @@ def _card(
         json.dumps(meta["model_config"], indent=2, default=str),
         "```",
     ]
+    if train_config:
+        lines += [
+            "",
+            "## Training settings",
+            "",
+            "```json",
+            json.dumps(train_config, indent=2, default=str),
+            "```",
+        ]
     if evaluation is not None:
         cmd = (
             f"pyro-genmodels evaluate pretrained/{name} --num-samples "
@@ -131,6 +145,10 @@ def export_pretrained(
 
     :param evaluation: the ``evaluate --json`` output of the run, quoted in the card.
     :param note: a line for the card (the machine, the wall time).
+
+    The card lists the model config, the data, the training settings (seed, optimizer,
+    schedule: from ``best.pt``, or from the run's ``checkpoint.pt`` for runs older than that
+    field) and the evaluation command with its figures.
     """
     run_dir = Path(run_dir)
     best = load_checkpoint(run_dir / BEST_NAME)
@@ -142,5 +160,11 @@ def export_pretrained(
     shutil.copyfile(run_dir / METRICS_NAME, out / METRICS_NAME)
     if result is not None:
         write_text_atomic(json.dumps(result, indent=2) + "\n", out / EVALUATION_NAME)
-    write_text_atomic(_card(name, best, metrics, result, note), out / CARD_NAME)
+    # best.pt carries the training settings since they were added to it; before that, the
+    # run's resumable checkpoint.pt is the record (the seed, optimizer and schedule).
+    train_config = best.get("train_config")
+    if train_config is None and (run_dir / CHECKPOINT_NAME).exists():
+        train_config = load_checkpoint(run_dir / CHECKPOINT_NAME).get("train_config")
+    card = _card(name, best, metrics, result, note, train_config)
+    write_text_atomic(card, out / CARD_NAME)
     return out

@@ -292,6 +292,9 @@ def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
                                atol=0)  # fmt: skip
     card = (tmp_path / "pretrained" / "tiny" / "README.md").read_text()
     assert "pyro-genmodels evaluate pretrained/tiny --num-samples 10" in card
+    settings = json.loads(card.split("## Training settings")[1].split("```json")[1].split("```")[0])
+    assert settings == load_checkpoint(shipped / "checkpoint.pt")["train_config"]
+    assert settings["seed"] == 0 and settings["batch_size"] == 64 and settings["epochs"] == 2
     code, out, _ = run(capsys, "list", "--pretrained")
     assert code == 0 and "tiny:" in out and "K=10" in out
     code, out, err = run(capsys, "evaluate", tmp_path / "pretrained" / "tiny", "--num-samples",
@@ -301,6 +304,18 @@ def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
     assert again["nll"] == first["nll"] and again["epoch"] == first["epoch"]
     with pytest.raises(ValueError, match="unknown pretrained model 'nope'; valid: tiny"):
         pg.load_pretrained("nope")
+
+
+def test_the_card_takes_training_settings_from_the_run_when_best_pt_predates_them(shipped):
+    best = load_checkpoint(shipped / "best.pt")
+    del best["train_config"]  # as written before best.pt carried the settings
+    save_atomic(best, shipped / "best.pt")
+    card = (pretrained.export_pretrained(shipped, "old") / "README.md").read_text()
+    settings = json.loads(card.split("## Training settings")[1].split("```json")[1].split("```")[0])
+    assert settings == load_checkpoint(shipped / "checkpoint.pt")["train_config"]
+    (shipped / "checkpoint.pt").unlink()
+    card = (pretrained.export_pretrained(shipped, "older") / "README.md").read_text()
+    assert "## Training settings" not in card and "## Config" in card
 
 
 def test_a_checkpoint_from_a_newer_version_fails_with_a_clear_message(shipped, tmp_path, capsys):
