@@ -275,6 +275,11 @@ def shipped(tmp_path, monkeypatch):
     return out
 
 
+def _card_settings(card: str) -> dict:
+    """The JSON block under a model card's "Training settings" heading."""
+    return json.loads(card.split("## Training settings")[1].split("```json")[1].split("```")[0])
+
+
 def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
     before = runs.load_run(shipped, which="best").module
     x = runs.load_run(shipped).dataset("test", limit=20).fixed()
@@ -292,7 +297,7 @@ def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
                                atol=0)  # fmt: skip
     card = (tmp_path / "pretrained" / "tiny" / "README.md").read_text()
     assert "pyro-genmodels evaluate pretrained/tiny --num-samples 10" in card
-    settings = json.loads(card.split("## Training settings")[1].split("```json")[1].split("```")[0])
+    settings = _card_settings(card)
     assert settings == load_checkpoint(shipped / "checkpoint.pt")["train_config"]
     assert settings["seed"] == 0 and settings["batch_size"] == 64 and settings["epochs"] == 2
     code, out, _ = run(capsys, "list", "--pretrained")
@@ -311,7 +316,7 @@ def test_the_card_takes_training_settings_from_the_run_when_best_pt_predates_the
     del best["train_config"]  # as written before best.pt carried the settings
     save_atomic(best, shipped / "best.pt")
     card = (pretrained.export_pretrained(shipped, "old") / "README.md").read_text()
-    settings = json.loads(card.split("## Training settings")[1].split("```json")[1].split("```")[0])
+    settings = _card_settings(card)
     assert settings == load_checkpoint(shipped / "checkpoint.pt")["train_config"]
     (shipped / "checkpoint.pt").unlink()
     card = (pretrained.export_pretrained(shipped, "older") / "README.md").read_text()

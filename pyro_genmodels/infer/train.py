@@ -225,8 +225,8 @@ class Trainer:
             return
         state = self.state_dict()
         if best:
-            keep = ("format", "version", "epoch", "step", "module_state", "train_config")
-            keep += ("metadata", "metrics")
+            keep = ("format", "version", "epoch", "step", "module_state", "train_config",
+                    "metadata", "metrics")  # fmt: skip
             save_atomic({k: state[k] for k in keep}, self.run_dir / BEST_NAME)
         save_atomic(state, self.checkpoint_path)
         write_jsonl_atomic(self.metrics, self.run_dir / METRICS_NAME)
