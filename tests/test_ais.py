@@ -58,7 +58,9 @@ def test_ais_from_the_prior_converges_to_the_exact_log_px(lg_data):
     exact = lg.exact_log_px(x)
     coarse = ais_log_marginal(lg.model, None, x, 5, 8, num_leapfrog=10, seed=2)
     fine = ais_log_marginal(lg.model, None, x, 300, 8, num_leapfrog=10, seed=2)
-    assert abs((fine - exact).mean()) < 0.05  # T = 300 from N(0, I), 8 chains
+    # T = 300 from N(0, I), 8 chains: AIS is low by 0.06 +- 0.02 on average here (400
+    # examples, before and after vectorizing); 50 examples carry a standard error of 0.04
+    assert abs((fine - exact).mean()) < 0.15
     assert (coarse - exact).mean() < -1.0  # far off with few temperatures
 
 
@@ -97,26 +99,27 @@ def test_one_step_without_moves_is_the_iw_estimate_on_the_same_draws(lg_data):
     lg, x = lg_data
     guide = _poor_guide(lg)
     est = ais_estimate(lg.model, guide, x[:3], 1, 7, seed=5)
-    for n in range(3):
-        torch.manual_seed(_stream_seed(5, n))
-        lw = log_importance_weights(lg.model, guide, x[n : n + 1], 7, chunk_size=7)
-        torch.testing.assert_close(est.log_weights[:, n : n + 1], lw, rtol=0, atol=1e-12)
+    torch.manual_seed(_stream_seed(5, 0))  # what ais_estimate seeds with example_offset=0
+    lw = log_importance_weights(lg.model, guide, x[:3], 7, chunk_size=7)
+    torch.testing.assert_close(est.log_weights, lw, rtol=0, atol=1e-12)
     assert torch.isnan(est.acceptance_rate).all()  # no move was made
 
 
-def test_vectorized_chains_and_examples_equal_a_loop_over_examples(lg_data):
+def test_chains_in_passes_replay_the_first_pass_step_sizes_and_stay_unbiased(lg_data):
+    # E[w] = p(x) for AIS weights whatever the (fixed) kernels: 600 chains in passes of 150,
+    # the later passes running the step sizes the first pass's tuning chains chose
     lg, x = lg_data
-    guide = _poor_guide(lg)
-    together = ais_estimate(lg.model, guide, x[:5], 15, 4, num_leapfrog=3, seed=3)
-    chunked = ais_estimate(lg.model, guide, x[:5], 15, 4, num_leapfrog=3, seed=3, chunk_size=2)
-    loop = [
-        ais_estimate(lg.model, guide, x[n : n + 1], 15, 4, num_leapfrog=3, seed=3, example_offset=n)
-        for n in range(5)
-    ]
-    for part in ("log_marginal", "acceptance_rate", "step_size"):
-        one_by_one = torch.cat([getattr(e, part) for e in loop])
-        torch.testing.assert_close(getattr(together, part), one_by_one, rtol=0, atol=1e-9)
-        torch.testing.assert_close(getattr(chunked, part), one_by_one, rtol=0, atol=1e-9)
+    x = x[:4]
+    exact = lg.exact_log_px(x)
+    one = ais_estimate(lg.model, _poor_guide(lg), x, 20, 600, num_leapfrog=3, seed=3)
+    passes = ais_estimate(lg.model, _poor_guide(lg), x, 20, 600, num_leapfrog=3, seed=3,
+                          chunk_size=150)  # fmt: skip
+    for est in (one, passes):
+        assert est.log_weights.shape == (600, 4)
+        se = est.log_weight_std / math.sqrt(600)
+        assert ((est.log_marginal - exact).abs() < 4 * se + 0.01).all(), (est.log_marginal, exact)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        ais_estimate(lg.model, None, x, 5, 2, chunk_size=0)
 
 
 def test_bdmc_sandwiches_the_exact_log_px_and_the_gap_shrinks(lg_data):
@@ -162,10 +165,11 @@ def test_enumerated_model_sites_are_summed_inside_the_log_joint():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(0.8 * x, 2.5))
 
-    x = torch.tensor([-2.5, 0.1, 1.8], dtype=F64)
+    x = torch.tensor([-2.5, 0.1, 1.8], dtype=F64).repeat(10)
     exact = torch.logsumexp(pi.log() + dist.Normal(mu, math.sqrt(1.25)).log_prob(x[:, None]), -1)
     est = ais_log_marginal(model, guide, x, 400, 32, num_leapfrog=5, seed=0)
-    torch.testing.assert_close(est, exact, rtol=0, atol=0.05)
+    # one estimate's standard error is 0.055 here; the mean of 10 is within 0.05
+    torch.testing.assert_close(est.reshape(10, 3).mean(0), exact[:3], rtol=0, atol=0.05)
     with pytest.raises(ValueError, match="cannot depend on an enumerated site"):
         ais_log_marginal(model, None, x, 10, 2)  # z from its prior would carry y's values
 
@@ -177,8 +181,16 @@ def test_bad_input_is_a_clear_value_error(lg_data):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Bernoulli(x.new_full((3,), 0.5)).to_event(1))
 
-    with pytest.raises(ValueError, match="discrete site 'z'"):
+    with pytest.raises(ValueError, match="support"):  # Boolean against Real
         ais_log_marginal(lg.model, discrete_guide, x[:2], 10, 2)
+
+    def discrete_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(x.new_full((3,), 0.5)).to_event(1))
+            pyro.sample("x", dist.Normal(x.new_zeros(10), 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="discrete site 'z'"):
+        ais_log_marginal(discrete_model, None, x[:2], 10, 2)
     with pytest.raises(ValueError, match="num_steps must be a positive integer, got 0"):
         ais_log_marginal(lg.model, None, x[:2], 0, 2)
     bad = x[:2].clone()

@@ -139,7 +139,9 @@ def test_outlier_vae_log_weights_match_a_hand_estimate_with_exact_inner_sums():
 def test_outlier_vae_validation_elbo_equals_trace_enum_elbo_per_image():
     m = OutlierVAE(delta=True)  # a point-mass guide: every ELBO here is deterministic
     x = (torch.rand(6, m.d, dtype=F64) < 0.5).to(F64)
-    per_image = log_importance_weights(m.model, m.guide, x, 1)[0]
+    per_image = log_importance_weights(m.model, m.guide, x, 1, allow_point_mass=True)[0]
+    with pytest.raises(ValueError, match="point mass"):  # no estimate of log p(x) from it
+        log_importance_weights(m.model, m.guide, x, 1)
     enum_elbo = TraceEnum_ELBO(max_plate_nesting=2)
     for i in range(len(x)):
         expected = -enum_elbo.loss(m.model, m.guide, x[i : i + 1])
@@ -150,7 +152,8 @@ def test_outlier_vae_validation_elbo_equals_trace_enum_elbo_per_image():
     # KL(q || p(z)) of a point mass, with the pixels' outlier flags summed out of the prior
     z0 = x @ m.A.T + m.c
     expected_kl = -dist.Normal(0.0, 1.0).log_prob(z0).sum(-1)
-    torch.testing.assert_close(kl_divergence(m.model, m.guide, x), expected_kl)
+    kl = kl_divergence(m.model, m.guide, x, allow_point_mass=True)
+    torch.testing.assert_close(kl, expected_kl)
 
 
 def _hmm_params(num_states=3, seed=0):

@@ -6,9 +6,9 @@ Each chain starts at :math:`z_0 \sim q(z \mid x)` (the guide; the prior when
 :math:`0 = b_0 < \dots < b_T = 1` (Neal 2001; Wu et al. 2017 for decoder-based models).
 Its log weight gathers :math:`(b_t - b_{t-1}) [\log p(x, z) - \log q(z \mid x)]` at the state
 *before* the move at temperature :math:`b_t`; the move is HMC targeting :math:`f_{b_t}`, run in
-each latent site's unconstrained space (``biject_to`` of its support, with its log-Jacobian).
-The estimate is :math:`\log \frac{1}{C} \sum_c w_c`; with one step and no move it is the
-importance-weighted estimate with K = C.
+each latent site's unconstrained space (``biject_to`` of its support, with its log-Jacobian,
+masked like the site's log density). The estimate is :math:`\log \frac{1}{C} \sum_c w_c`;
+with one step and no move it is the importance-weighted estimate with K = C.
 
 Step sizes are adapted per example toward an acceptance rate of ``target_accept`` from the
 acceptance of extra *tuning chains* only; the chains that enter the estimate never influence
@@ -18,8 +18,14 @@ setting in which AIS weights are unbiased (Neal 2001, section 3). Adapting from 
 estimating chains themselves would make a kernel depend on the chain it moves and bias the
 weights.
 
-Randomness is drawn per example from its own stream (seeded by ``seed`` and the example's
-index), so an example's estimate does not depend on how examples are batched or chunked.
+A divergent trajectory (a non-finite position, gradient or density, a value outside the
+support) is a rejected proposal: the path is evaluated with Pyro's validation off and such
+chains keep their state. Chains and examples are one batch: the model and guide are traced on
+``x`` as given (so guides with per-example parameters, such as Pyro's ``AutoNormal``, work),
+and all randomness comes from torch's generator, seeded from ``seed`` and ``example_offset``.
+The trade for that speed: an example's draws depend on the batch it is in (its estimate's
+distribution does not). When a memory budget cannot hold all chains at once, they run in
+passes: the first holds the tuning chains, and later passes replay its step sizes.
 """
 
 from __future__ import annotations
@@ -35,30 +41,37 @@ from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
 from .diagnostics import effective_sample_size
+from .hints import hint
 from .importance import (
-    _PARTICLES,
-    Layout,
-    _data_dim,
-    _empty_guide,
     _enumerating,
-    _max_plate_nesting,
     _model_log_prob,
     _per_example,
-    _positive_int,
     _reduce,
-    _sample_sites,
     _sum_plates,
     _traces,
     log_importance_weights,
 )
+from .program import (
+    PARTICLES,
+    Layout,
+    check_batch,
+    chunk_budget_bytes,
+    empty_guide,
+    is_auxiliary,
+    is_point_mass,
+    positive_int,
+    probe,
+    sample_sites,
+)
 
-#: chains x examples x pixels per chunk of examples when chunk_size is None
-_CHUNK_BUDGET = 2**21
+#: bytes held per chain x example x pixel during a leapfrog step (activations kept for the
+#: gradient, the decoder's output and its log-likelihood terms)
+_BYTES_PER_ELEMENT_AND_CHAIN = 24
 
 
 def sigmoid_schedule(num_steps: int, radius: float = 4.0) -> torch.Tensor:
     """``num_steps + 1`` temperatures from 0 to 1, dense at both ends (Grosse et al. 2015)."""
-    num_steps = _positive_int(num_steps, "num_steps")
+    num_steps = positive_int(num_steps, "num_steps")
     if num_steps == 1:
         return torch.tensor([0.0, 1.0], dtype=torch.float64)
     s = torch.sigmoid(torch.linspace(-radius, radius, num_steps + 1, dtype=torch.float64))
@@ -80,196 +93,280 @@ class AISEstimate:
     has_latent: bool
 
 
-class _Path:
-    """log q(z | x), log p(x, z) and the log-Jacobian per (chain, example) at unconstrained
-    values ``u`` of the latent sites; ``q`` is the guide plus the prior of any model latent
-    the guide does not sample."""
+@dataclass
+class _Site:
+    """A latent the chains move: its bijection to the unconstrained space and event dims."""
 
-    def __init__(self, model, guide, x, layout: Layout, sites: dict):
-        self.model, self.guide, self.x, self.layout = model, guide, x, layout
-        self.transforms = {name: biject_to(fn.support) for name, (fn, _) in sites.items()}
-        self.event_dims = {name: event_dim for name, (_, event_dim) in sites.items()}
-        self.data_dim = None
-
-    def to_unconstrained(self, z: dict) -> dict:
-        return {name: self.transforms[name].inv(value).detach() for name, value in z.items()}
-
-    def __call__(self, u: dict, chains: int):
-        z = {name: self.transforms[name](value) for name, value in u.items()}
-        nesting = self.layout.nesting
-        with pyro.plate(_PARTICLES, chains, dim=-nesting - 1):
-            guide_tr = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.x)
-            model = poutine.condition(_enumerating(self.model, self.layout), data=z)
-            model_tr = poutine.trace(model).get_trace(self.x)
-        guide_tr.compute_log_prob()
-        model_tr.compute_log_prob()
-        guide_sites, model_sites = _sample_sites(guide_tr), _sample_sites(model_tr)
-        if self.data_dim is None:
-            self.data_dim = _data_dim(next(iter(model_sites.values())))
-        log_q = 0.0
-        for site in guide_sites.values():
-            log_q = log_q + _reduce(site, site["unscaled_log_prob"], nesting)
-        for name in z.keys() - guide_sites.keys():  # model latents drawn from their prior
-            site = model_sites[name]
-            log_q = log_q + _reduce(site, site["unscaled_log_prob"], nesting)
-        log_p = _model_log_prob(model_tr, list(model_sites.values()), self.layout)
-        log_jac = 0.0
-        for name, value in u.items():
-            ladj = self.transforms[name].log_abs_det_jacobian(value, z[name])
-            batch_dims = value.dim() - self.event_dims[name]
-            ladj = sum_rightmost(ladj, ladj.dim() - batch_dims)
-            log_jac = log_jac + self._sum_inner_plates(ladj)
-        n = self.x.shape[0]
-        parts = (log_q, log_p, log_jac)
-        return tuple(_per_example(t, self.layout, self.data_dim, chains, n) for t in parts)
-
-    def kinetic(self, r: dict, chains: int) -> torch.Tensor:
-        """``sum r^2 / 2`` per (chain, example): unit mass in the unconstrained space."""
-        total = 0.0
-        for name, value in r.items():
-            total = total + self._sum_inner_plates(
-                sum_rightmost(0.5 * value**2, self.event_dims[name])
-            )
-        return _per_example(total, self.layout, self.data_dim, chains, self.x.shape[0])
-
-    def _sum_inner_plates(self, t: torch.Tensor) -> torch.Tensor:
-        return _sum_plates(t, self.layout.nesting, self.data_dim)
+    transform: torch.distributions.Transform
+    event_dim: int  # of the constrained value
+    unconstrained_event_dim: int
+    auxiliary: str | None = None  # the guide's auxiliary site holding its unconstrained value
 
 
-def _check_sites(model, guide, x_one, layout: Layout) -> tuple[dict, int]:
-    """The continuous latents to move, ``{name: (fn with the support, event_dim)}``, and the
-    data plate's dim."""
-    guide_tr, model_tr = _traces(model, guide, x_one, 1, layout)
-    guide_sites = _sample_sites(guide_tr)
+def _moved_sites(guide_tr, model_tr, layout: Layout) -> dict[str, _Site]:
+    """The continuous latents to move, read from a trace, refusing what HMC cannot move."""
+    guide_sites = sample_sites(guide_tr)
     sites = {}
-    for name, site in _sample_sites(model_tr).items():
+    for name, site in sample_sites(model_tr).items():
         if site["is_observed"] or name in layout.enumerated:
             continue
         fn = guide_sites[name]["fn"] if name in guide_sites else site["fn"]
-        if fn.support.is_discrete or site["fn"].support.is_discrete:
+        if site["fn"].support.is_discrete or (fn.support.is_discrete and not is_point_mass(fn)):
             where = "the guide samples" if name in guide_sites else "the model has"
             raise ValueError(
                 f"AIS moves continuous latents by HMC, but {where} the discrete site {name!r}; "
                 "sum it out in the model (infer={'enumerate': 'parallel'}) or use "
                 "importance sampling (method iw)"
             )
-        sites[name] = (site["fn"], site["fn"].event_dim)
-    return sites, _data_dim(next(iter(_sample_sites(model_tr).values())))
+        support = site["fn"].support
+        try:
+            transform = biject_to(support)
+        except NotImplementedError:
+            raise ValueError(
+                f"AIS moves latents in an unconstrained space, but torch registers no "
+                f"bijection (biject_to) for the support {support} of site {name!r}; use "
+                "importance sampling (method iw), or a parameterization with one (e.g. "
+                "LKJCholesky and scales instead of a covariance matrix)"
+            ) from None
+        sites[name] = _Site(transform, site["fn"].event_dim, transform.domain.event_dim)
+    _pair_auxiliary(guide_sites, sites)
+    return sites
 
 
-def _stream_seed(base: int, index: int) -> int:
-    return (base * 1_000_003 + 7919 * index) % (2**62)
+def _pair_auxiliary(guide_sites: dict, sites: dict[str, _Site]) -> None:
+    """Auxiliary guide sites must be the unconstrained value of one moved latent (Pyro's
+    AutoNormal: ``name_unconstrained``, pushed forward by ``biject_to`` of the support)."""
+    for aux, site in guide_sites.items():
+        if not is_auxiliary(site):
+            continue
+        name = aux.removesuffix("_unconstrained")
+        target = sites.get(name) if name != aux else None
+        if target is None or name not in guide_sites:
+            raise ValueError(
+                f"AIS needs q(z | x) at any z, but the guide's auxiliary site {aux!r} is not the "
+                "unconstrained value of one latent (as AutoNormal's 'z_unconstrained' is for "
+                "'z'); use importance sampling (method iw)"
+            )
+        value = target.transform(site["value"])
+        if not torch.allclose(value, guide_sites[name]["value"], rtol=1e-4, atol=1e-6):
+            raise ValueError(
+                f"AIS: the guide's site {name!r} is not biject_to(support) of its auxiliary "
+                f"site {aux!r}, so q(z | x) cannot be evaluated at a moved z; use importance "
+                "sampling (method iw)"
+            )
+        target.auxiliary = aux
 
 
-def _draw_initial(model, guide, x_n, chains: int, seed: int, devices) -> dict:
-    """z_0 ~ q(z | x_n) for one example, drawn as :func:`log_importance_weights` draws it
-    from the same seed (so that one AIS step is that estimate)."""
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        layout = _max_plate_nesting(model, guide, x_n)
-        guide_tr, model_tr = _traces(model, guide, x_n, chains, layout)
-    return {
-        name: site["value"].detach()
-        for name, site in _sample_sites(model_tr).items()
-        if not site["is_observed"] and name not in layout.enumerated
-    }
+class _Path:
+    """log q(z | x), log p(x, z) and the log-Jacobian per (chain, example) at unconstrained
+    values ``u``, with their gradients; ``q`` is the guide plus the prior of any model latent
+    the guide does not sample. A guide with one site has its distribution traced once."""
 
+    def __init__(self, model, guide, x, layout: Layout, sites: dict[str, _Site], chains: int):
+        self.model, self.guide, self.x, self.layout = model, guide, x, layout
+        self.sites, self.chains = sites, chains
+        self.cached_q = None  # (name, fn, mask) of a one-site guide
 
-class _Noise:
-    """Standard normals and uniforms drawn per example from its own stream."""
+    def cache_guide(self, guide_tr) -> None:
+        """Keep the guide's distribution when it has one site (it depends on x alone)."""
+        guide_sites = sample_sites(guide_tr)
+        if len(guide_sites) == 1:
+            (name, site), = guide_sites.items()  # fmt: skip
+            if name in self.sites and not is_point_mass(site["fn"]):
+                self.cached_q = (name, site)
 
-    def __init__(self, seeds: list[int], device: torch.device, data_index):
-        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.device, self.data_index = device, data_index
+    def batch_dims(self, name: str, value: torch.Tensor) -> int:
+        return value.dim() - self.sites[name].unconstrained_event_dim
 
-    def normal_like(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        i = self.data_index[name]
-        shape = list(value.shape)
-        shape[i] = 1
-        parts = [
-            torch.randn(shape, generator=g, device=self.device, dtype=value.dtype)
-            for g in self.gens
-        ]
-        return torch.cat(parts, i)
+    def per_chain(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (shaped like the site's unconstrained value) summed to ``(C, N)``."""
+        t = sum_rightmost(t, self.sites[name].unconstrained_event_dim)
+        return self.reduce(t)
 
-    def uniform(self, chains: int, dtype) -> torch.Tensor:
-        parts = [
-            torch.rand((chains, 1), generator=g, device=self.device, dtype=dtype) for g in self.gens
-        ]
-        return torch.cat(parts, 1)  # (chains, N)
+    def reduce(self, t) -> torch.Tensor:
+        t = _sum_plates(torch.as_tensor(t), self.layout.nesting, self.layout.data_dim)
+        return _per_example(t, self.layout, self.chains, self.x.shape[0])
 
+    def _log_jacobian(self, name, u, z, model_site) -> torch.Tensor:
+        ladj = self.sites[name].transform.log_abs_det_jacobian(u, z)
+        extra = ladj.dim() - self.batch_dims(name, u)
+        if extra > 0:
+            ladj = sum_rightmost(ladj, extra)
+        return _reduce(model_site, ladj.expand(u.shape[: self.batch_dims(name, u)]), 0)
 
-def _anneal(path, u, betas, chains, tune, noise, step_size, num_leapfrog, rate, target, bar):
-    """Run AIS along ``betas`` from ``u``; returns (log weights (C+tune, N), acceptance (N,),
-    step sizes (N,)). Works in either direction (reverse AIS: betas from 1 to 0)."""
-    total = chains + tune
-    n = path.x.shape[0]
-    ref = next(iter(u.values()))
-    log_eps = ref.new_full((n,), math.log(step_size))
-    log_w = ref.new_zeros((total, n))
-    accepted = ref.new_zeros((n,))
-    betas = betas.to(ref.dtype).tolist()
+    def parts(self, u: dict):
+        """``(log_q, log_p, log_jac)``, each ``(C, N)``, at ``u`` (tensors needing grad)."""
+        z = {name: self.sites[name].transform(value) for name, value in u.items()}
+        data = dict(z)
+        data.update({s.auxiliary: u[n] for n, s in self.sites.items() if s.auxiliary})
+        nesting = self.layout.nesting
+        with pyro.plate(PARTICLES, self.chains, dim=-nesting - 1):
+            guide_tr = None
+            if self.cached_q is None:
+                guide_tr = poutine.trace(poutine.condition(self.guide, data=data)).get_trace(self.x)
+            model = poutine.condition(_enumerating(self.model, self.layout), data=z)
+            model_tr = poutine.trace(model).get_trace(self.x)
+        model_tr.compute_log_prob()
+        model_sites = sample_sites(model_tr)
+        if self.cached_q is None:
+            guide_tr.compute_log_prob()
+            guide_sites = sample_sites(guide_tr)
+            log_q = 0.0
+            for site in guide_sites.values():
+                log_q = log_q + _reduce(site, site["unscaled_log_prob"], nesting)
+        else:
+            name, site = self.cached_q
+            guide_sites = {name: site}
+            log_q = _reduce(site, site["fn"].log_prob(z[name]), nesting)
+        for name in z.keys() - guide_sites.keys():  # model latents drawn from their prior
+            site = model_sites[name]
+            log_q = log_q + _reduce(site, site["unscaled_log_prob"], nesting)
+        log_p = _model_log_prob(model_tr, list(model_sites.values()), self.layout)
+        log_jac = 0.0
+        for name, value in u.items():
+            log_jac = log_jac + self._log_jacobian(name, value, z[name], model_sites[name])
+        return self.reduce(log_q), self.reduce(log_p), self.reduce(log_jac)
 
-    def target_and_grad(u, beta):
+    def __call__(self, u: dict) -> _State:
+        """The state at ``u``: its parts and the gradients of log q + J and log p + J."""
         u = {k: v.detach().requires_grad_() for k, v in u.items()}
-        log_q, log_p, log_jac = path(u, total)
-        f = (1 - beta) * log_q + beta * log_p + log_jac
-        grads = torch.autograd.grad(f.sum(), list(u.values()))
-        return u, f.detach(), dict(zip(u, grads, strict=True)), (log_p - log_q).detach()
+        log_q, log_p, log_jac = self.parts(u)
+        names = list(u)
+        grad_q = torch.autograd.grad((log_q + log_jac).sum(), [u[k] for k in names],
+                                     retain_graph=True, allow_unused=True)  # fmt: skip
+        grad_p = torch.autograd.grad((log_p + log_jac).sum(), [u[k] for k in names],
+                                     allow_unused=True)  # fmt: skip
+        zero = torch.zeros_like
+        return _State(
+            {k: v.detach() for k, v in u.items()},
+            log_q.detach(),
+            log_p.detach(),
+            log_jac.detach(),
+            {k: zero(u[k]) if g is None else g for k, g in zip(names, grad_q, strict=True)},
+            {k: zero(u[k]) if g is None else g for k, g in zip(names, grad_p, strict=True)},
+        )
 
-    def spread(t_cn, name):  # (C, N) -> broadcastable to the site's value
-        value = u[name]
+
+@dataclass
+class _State:
+    """Chains at ``u``; ``grad_q`` and ``grad_p`` are those of log q + J and log p + J, so
+    that the gradient of f_b is ``(1 - b) grad_q + b grad_p``."""
+
+    u: dict
+    log_q: torch.Tensor
+    log_p: torch.Tensor
+    log_jac: torch.Tensor
+    grad_q: dict
+    grad_p: dict
+
+    def f(self, beta: float) -> torch.Tensor:
+        return (1 - beta) * self.log_q + beta * self.log_p + self.log_jac
+
+    def grad(self, beta: float) -> dict:
+        return {k: (1 - beta) * self.grad_q[k] + beta * self.grad_p[k] for k in self.u}
+
+    def where(self, keep_new: torch.Tensor, new: _State, spread) -> _State:
+        """Per (chain, example): ``new`` where ``keep_new``, else this state."""
+        pick = {k: spread(keep_new, k) for k in self.u}
+
+        def choose(a, b):
+            return {k: torch.where(pick[k], b[k], a[k]) for k in a}
+
+        return _State(
+            choose(self.u, new.u),
+            torch.where(keep_new, new.log_q, self.log_q),
+            torch.where(keep_new, new.log_p, self.log_p),
+            torch.where(keep_new, new.log_jac, self.log_jac),
+            choose(self.grad_q, new.grad_q),
+            choose(self.grad_p, new.grad_p),
+        )
+
+
+def _finite(path: _Path, state: _State) -> torch.Tensor:
+    """``(C, N)``: whether a chain's density, position and gradients are all finite."""
+    ok = torch.isfinite(state.log_q + state.log_p + state.log_jac)
+    for k, value in state.u.items():
+        for t in (value, state.grad_q[k], state.grad_p[k]):
+            ok = ok & (path.per_chain(k, (~torch.isfinite(t)).to(value.dtype)) == 0)
+    return ok
+
+
+def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
+    """One HMC move at temperature ``beta``; returns (state, accepted (C, N))."""
+    r = {k: torch.randn_like(v) for k, v in state.u.items()}
+    kinetic0 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
+    eps = {k: spread(eps_cn, k) for k in r}
+    grad = state.grad(beta)
+    r = {k: r[k] + 0.5 * eps[k] * grad[k] for k in r}
+    diverged = torch.zeros_like(kinetic0, dtype=torch.bool)
+    new = state
+    for step in range(num_leapfrog):
+        u1 = {k: new.u[k] + eps[k] * r[k] for k in r}
+        frozen = {k: spread(diverged, k) for k in r}  # diverged chains stop at the start
+        new = path({k: torch.where(frozen[k], state.u[k], u1[k]) for k in u1})
+        diverged = diverged | ~_finite(path, new)
+        new = state.where(~diverged, new, spread)  # never feed a non-finite state onward
+        grad = new.grad(beta)
+        scale = 1.0 if step == num_leapfrog - 1 else 2.0  # full steps inside, half at the end
+        r = {k: r[k] + 0.5 * scale * eps[k] * grad[k] for k in r}
+    kinetic1 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
+    log_accept = (new.f(beta) - kinetic1) - (state.f(beta) - kinetic0)
+    log_accept = torch.where(diverged | ~torch.isfinite(log_accept), -math.inf, log_accept)
+    accept = torch.rand_like(log_accept).log() < log_accept
+    return state.where(accept, new, spread), accept
+
+
+def _anneal(path, state, betas, chains, tune, kernel, schedule, bar):
+    """AIS along ``betas`` from ``state``; the first ``chains`` chains estimate, the last
+    ``tune`` adapt the step sizes (or ``schedule``, a list of step sizes per move, is
+    replayed). Returns (log weights (chains, N), acceptance (N,), step sizes per move)."""
+    n = path.x.shape[0]
+    log_eps = state.log_q.new_full((n,), math.log(kernel["step_size"]))
+    log_w = torch.zeros_like(state.log_q)
+    accepted = torch.zeros_like(log_eps)
+    betas, used = betas.tolist(), []
+
+    def spread(t_cn, name):  # (C, N) -> broadcastable to the site's unconstrained value
+        value = state.u[name]
         shape = [1] * value.dim()
-        shape[0], shape[noise.data_index[name]] = total, n
+        shape[0] = t_cn.shape[0]
+        shape[path.batch_dims(name, value) + path.layout.data_dim] = t_cn.shape[1]
         return t_cn.reshape(shape)
 
+    moves = len(betas) - 2 if kernel["num_leapfrog"] else 0
     for t in range(1, len(betas)):
-        u, f0, grad, ell = target_and_grad(u, betas[t])
-        log_w = log_w + (betas[t] - betas[t - 1]) * ell
-        if t == len(betas) - 1 or num_leapfrog == 0:
-            bar.update(1)
-            continue
-        eps = log_eps.exp().expand(total, n)
-        r = {k: noise.normal_like(k, v) for k, v in u.items()}
-        kinetic0 = path.kinetic(r, total)
-        u1 = {k: v.detach() for k, v in u.items()}
-        r1 = {k: r[k] + 0.5 * spread(eps, k) * grad[k] for k in r}
-        for step in range(num_leapfrog):
-            u1 = {k: u1[k] + spread(eps, k) * r1[k] for k in u1}
-            u1, f1, grad1, _ = target_and_grad(u1, betas[t])
-            scale = 1.0 if step == num_leapfrog - 1 else 2.0  # full steps inside, half at the end
-            r1 = {k: r1[k] + 0.5 * scale * spread(eps, k) * grad1[k] for k in r1}
-        kinetic1 = path.kinetic(r1, total)
-        log_accept = (f1 - kinetic1) - (f0 - kinetic0)
-        accept = noise.uniform(total, ref.dtype).log() < torch.nan_to_num(log_accept, nan=-math.inf)
-        u = {k: torch.where(spread(accept, k), u1[k].detach(), u[k].detach()) for k in u}
-        rate_now = accept.to(ref.dtype)
-        accepted = accepted + rate_now[:chains].mean(0)
-        if tune:
-            log_eps = log_eps + rate * (rate_now[chains:].mean(0) - target)
+        log_w = log_w + (betas[t] - betas[t - 1]) * (state.log_p - state.log_q)
+        if t <= moves:
+            if schedule is not None:
+                log_eps = schedule[t - 1]
+            used.append(log_eps)
+            eps = log_eps.exp().expand_as(log_w)
+            state, accept = _hmc_move(path, state, betas[t], eps, kernel["num_leapfrog"], spread)
+            rate_now = accept.to(log_w.dtype)
+            accepted = accepted + rate_now[:chains].mean(0)
+            if tune:
+                log_eps = log_eps + kernel["rate"] * (rate_now[chains:].mean(0) - kernel["target"])
         bar.update(1)
-    moves = len(betas) - 2 if num_leapfrog else 0
-    rate_mean = accepted / moves if moves else torch.full_like(accepted, float("nan"))
-    return log_w, rate_mean, log_eps.exp()
+    rate = accepted / moves if moves else torch.full_like(accepted, float("nan"))
+    return log_w[:chains], rate, used, log_eps.exp()
 
 
-def _positive_or_zero(value, name: str) -> int:
-    return 0 if value == 0 and not isinstance(value, bool) else _positive_int(value, name)
-
-
-def _setup(model, guide, x, num_steps, num_chains, num_leapfrog, tune_chains):
-    if not isinstance(x, torch.Tensor) or x.dim() == 0:
-        raise ValueError("x must be a tensor whose first dimension indexes the examples")
+def _setup(x, num_steps, num_chains, num_leapfrog, tune_chains):
+    check_batch(x)
     if torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or infinite values")
-    num_steps = _positive_int(num_steps, "num_steps")
-    num_chains = _positive_int(num_chains, "num_chains")
+    num_steps = positive_int(num_steps, "num_steps")
+    num_chains = positive_int(num_chains, "num_chains")
     num_leapfrog = _positive_or_zero(num_leapfrog, "num_leapfrog")
     moves = num_steps > 1 and num_leapfrog > 0
     if tune_chains is None:
         tune_chains = max(2, num_chains // 4) if moves else 0
     tune_chains = _positive_or_zero(tune_chains, "tune_chains") if moves else 0
     return num_steps, num_chains, num_leapfrog, tune_chains
+
+
+def _positive_or_zero(value, name: str) -> int:
+    return 0 if value == 0 and not isinstance(value, bool) else positive_int(value, name)
 
 
 def _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate) -> dict:
@@ -281,62 +378,74 @@ def _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate) -> dict:
                 target=float(target_accept))  # fmt: skip
 
 
+def _stream_seed(base: int, index: int) -> int:
+    return (base * 1_000_003 + 7919 * index) % (2**62)
+
+
 def _base_seed(seed) -> int:
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
     return int(seed)
 
 
-def _data_index(z: dict, sites: dict, layout: Layout, data_dim: int) -> dict:
-    index = {}
-    for name, value in z.items():
-        batch_dims = value.dim() - sites[name][1]
-        if batch_dims != layout.nesting + 1:
+def _check_batch_shapes(u: dict, path: _Path) -> None:
+    for name, value in u.items():
+        if path.batch_dims(name, value) != path.layout.nesting + 1:
             raise ValueError(
                 f"latent site {name!r} has batch shape {tuple(value.shape)}, not the plates': a "
                 "latent the guide does not sample cannot depend on an enumerated site (it would "
                 "be drawn for every enumerated value); sample it in the guide"
             )
-        index[name] = batch_dims + data_dim
-    return index
 
 
-def _run(model, guide, x, betas, chains, tune, kwargs, seeds, start=None, bar=None):
-    """AIS over one chunk of examples; ``start``: per-site values ``(N, ...)`` for all chains
-    (reverse AIS), else draws from q."""
-    layout = _max_plate_nesting(model, guide, x)
-    sites, data_dim = _check_sites(model, guide, x[:1], layout)
-    devices = [x.device] if x.device.type == "cuda" else []
-    total = chains + tune
-    if start is None:
-        parts = [
-            _draw_initial(model, guide, x[i : i + 1], total, s, devices)
-            for i, s in enumerate(seeds)
-        ]
-        probe = parts[0]
-        index = _data_index(probe, sites, layout, data_dim)
-        z0 = {k: torch.cat([p[k] for p in parts], index[k]) for k in probe}
-    else:
-        z0 = {k: v.unsqueeze(0).expand(total, *v.shape) for k, v in start.items()}
-        index = _data_index(z0, sites, layout, data_dim)
-    path = _Path(model, guide, x, layout, sites)
-    noise = _Noise([s ^ 0x5DEECE66D for s in seeds], x.device, index)
-    return _anneal(path, path.to_unconstrained(z0), betas, chains, tune, noise, bar=bar, **kwargs)
+def _chains_per_pass(model, x, total: int, chunk_size, memory_budget) -> int:
+    if chunk_size is not None:
+        return positive_int(chunk_size, "chunk_size")
+    per_pass = hint(model, "iw_samples_per_pass")
+    if per_pass:
+        return max(1, int(per_pass) // max(1, x.shape[0]))
+    per_chain = _BYTES_PER_ELEMENT_AND_CHAIN * x.element_size() * max(1, x.numel())
+    return max(1, min(total, chunk_budget_bytes(x.device, memory_budget) // per_chain))
 
 
-def _summary(log_w, acc, eps, num_steps, chains) -> AISEstimate:
-    lw = log_w[:chains]
-    return AISEstimate(
-        log_marginal=torch.logsumexp(lw, 0) - math.log(chains),
-        log_weights=lw,
-        log_weight_std=lw.std(0) if chains > 1 else torch.zeros_like(lw[0]),
-        ess=effective_sample_size(lw),
-        acceptance_rate=acc,
-        step_size=eps,
-        num_steps=num_steps,
-        num_chains=chains,
-        has_latent=True,
-    )
+def _ais(model, guide, x, betas, chains, tune, kernel, layout, per_pass, bar, start=None):
+    """AIS of all chains in passes of at most ``per_pass`` (the tuning chains in the first);
+    ``start``: the values ``(N, ...)`` of the latents every chain starts from (reverse AIS),
+    else draws from q. Returns (log weights (chains, N), acceptance (N,), step sizes (N,))."""
+    log_ws, rates, schedule, eps, done, sites = [], [], None, None, 0, None
+    while done < chains:
+        width = max(1, per_pass - (tune if schedule is None else 0))
+        est = min(chains - done, width)
+        total = est + (tune if schedule is None else 0)
+        with torch.no_grad():  # the draws right after the probe: T = 1 is the IW estimate
+            guide_tr, model_tr = _traces(model, guide, x, total if start is None else 1, layout)
+        sites = sites or _moved_sites(guide_tr, model_tr, layout)
+        path = _Path(model, guide, x, layout, sites, total)
+        if start is None:
+            path.cache_guide(guide_tr)
+            z0 = {k: model_tr.nodes[k]["value"].detach() for k in sites}
+        else:
+            z0 = {k: start[k].unsqueeze(0).expand(total, *start[k].shape) for k in sites}
+        u0 = {k: sites[k].transform.inv(v).detach() for k, v in z0.items()}
+        _check_batch_shapes(u0, path)
+        state = path(u0)
+        log_w, rate, used, final = _anneal(path, state, betas, est, total - est, kernel,
+                                           schedule, bar)  # fmt: skip
+        if schedule is None:
+            schedule, eps = used, final
+        log_ws.append(log_w.detach())
+        rates.append(rate * est)
+        done += est
+    return torch.cat(log_ws, 0), sum(rates) / chains, eps
+
+
+def _exact(model, guide, x, num_steps, num_chains, has_latent) -> AISEstimate:
+    """A model whose latents are all summed out (or absent): log p(x) exactly."""
+    exact = log_importance_weights(model, guide, x, 1)[0]
+    nan = torch.full_like(exact, float("nan"))
+    return AISEstimate(exact, exact.expand(num_chains, x.shape[0]), torch.zeros_like(exact),
+                       torch.full_like(exact, float(num_chains)), nan, nan, num_steps,
+                       num_chains, has_latent)  # fmt: skip
 
 
 def ais_estimate(
@@ -353,6 +462,7 @@ def ais_estimate(
     tune_chains: int | None = None,
     seed: int | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
     example_offset: int = 0,
     progress: bool = False,
 ) -> AISEstimate:
@@ -360,9 +470,9 @@ def ais_estimate(
 
     :param model: a Pyro model ``model(x)`` whose sample sites lie in ``pyro.plate("data", N)``;
         its latents must be continuous, or discrete and marked for parallel enumeration (then
-        summed out inside the log joint).
-    :param guide: ``guide(x)``, the starting distribution q(z | x) (continuous sites only);
-        ``None`` starts from the prior.
+        summed out inside the log joint; a model with no other latent gets its exact value).
+    :param guide: ``guide(x)``, the starting distribution q(z | x) (continuous sites, and the
+        auxiliary sites of Pyro's AutoNormal); ``None`` starts from the prior.
     :param num_steps: T, temperatures after 0 on the sigmoidal schedule (T - 1 HMC moves).
     :param num_chains: C, chains per example that enter the estimate.
     :param num_leapfrog: leapfrog steps per HMC move (0: no moves).
@@ -371,42 +481,59 @@ def ais_estimate(
     :param adapt_rate: change of the log step size per unit of acceptance error and step.
     :param tune_chains: extra chains per example that adapt the step sizes and are left out of
         the estimate (default ``max(2, C // 4)``; see the module docstring for why).
-    :param seed: base of the per-example random streams (default: drawn from torch's RNG).
-    :param chunk_size: examples per chunk (default: from a memory budget); the results do not
-        depend on it.
-    :param example_offset: index of ``x[0]`` in a larger set, for its random streams.
+    :param seed: seeds torch's generator for the draws (default: drawn from it); the caller's
+        generator state is left as it was.
+    :param chunk_size: chains per pass (default: what ``memory_budget`` holds).
+    :param memory_budget: bytes a pass may take (default: a quarter of the free memory of a
+        CUDA device, 1 GiB on the CPU).
+    :param example_offset: index of ``x[0]`` in a larger set; mixed into the seed, so that
+        batches of a larger set draw distinct streams.
     :param progress: a tqdm bar over the annealing steps.
+    :raises ValueError: for the pairs :func:`~pyro_genmodels.infer.log_marginal` refuses, a
+        discrete latent the model does not enumerate, or a support without a bijection.
     """
     num_steps, num_chains, num_leapfrog, tune = _setup(
-        model, guide, x, num_steps, num_chains, num_leapfrog, tune_chains
+        x, num_steps, num_chains, num_leapfrog, tune_chains
     )
-    guide = _empty_guide if guide is None else guide
+    kernel = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
+    guide = empty_guide if guide is None else guide
     n = x.shape[0]
     if n == 0:
         empty = x.new_zeros((0,))
         return AISEstimate(empty, x.new_zeros((num_chains, 0)), empty, empty, empty, empty,
                            num_steps, num_chains, True)  # fmt: skip
-    layout = _max_plate_nesting(model, guide, x)
-    if not layout.has_latent:
-        exact = log_importance_weights(model, guide, x, 1)[0]
-        nan = torch.full_like(exact, float("nan"))
-        return AISEstimate(exact, exact.expand(num_chains, n), torch.zeros_like(exact),
-                           torch.full_like(exact, float(num_chains)), nan, nan, num_steps,
-                           num_chains, False)  # fmt: skip
-    kwargs = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
-    betas = sigmoid_schedule(num_steps)
-    base = _base_seed(seed)
-    chunk = chunk_size or max(1, _CHUNK_BUDGET // ((num_chains + tune) * max(1, x[0].numel())))
-    chunk = _positive_int(chunk, "chunk_size")
-    results = []
-    with torch.enable_grad(), tqdm(total=num_steps * math.ceil(n / chunk), desc="AIS",
-                                   disable=not progress, leave=False) as bar:  # fmt: skip
-        for i in range(0, n, chunk):
-            seeds = [_stream_seed(base, example_offset + j) for j in range(i, min(n, i + chunk))]
-            results.append(_run(model, guide, x[i : i + chunk], betas, num_chains, tune, kwargs,
-                                seeds, bar=bar))  # fmt: skip
-    log_w, acc, eps = (torch.cat(parts, -1) for parts in zip(*results, strict=True))
-    return _summary(log_w.detach(), acc, eps, num_steps, num_chains)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_stream_seed(_base_seed(seed), example_offset))
+        layout = probe(model, guide, x)
+        if not layout.has_latent:
+            return _exact(model, guide, x, num_steps, num_chains, False)
+        if set(layout.latents) <= set(layout.enumerated):  # all summed out: nothing to anneal
+            return _exact(model, guide, x, num_steps, num_chains, True)
+        with pyro.validation_enabled(False), torch.enable_grad():
+            per_pass = _chains_per_pass(model, x, num_chains + tune, chunk_size, memory_budget)
+            passes = 1 + max(0, math.ceil((num_chains + tune - per_pass) / max(1, per_pass)))
+            with tqdm(total=num_steps * passes, desc="AIS", disable=not progress,
+                      leave=False) as bar:  # fmt: skip
+                log_w, acc, eps = _ais(model, guide, x, sigmoid_schedule(num_steps).to(x.dtype),
+                                       num_chains, tune, kernel, layout, per_pass, bar)  # fmt: skip
+    return _summary(log_w, acc, eps, num_steps, num_chains)
+
+
+def _summary(log_w, acc, eps, num_steps, chains) -> AISEstimate:
+    if eps is None:
+        eps = torch.full_like(acc, float("nan"))
+    return AISEstimate(
+        log_marginal=torch.logsumexp(log_w, 0) - math.log(chains),
+        log_weights=log_w,
+        log_weight_std=log_w.std(0) if chains > 1 else torch.zeros_like(log_w[0]),
+        ess=effective_sample_size(log_w),
+        acceptance_rate=acc,
+        step_size=eps,
+        num_steps=num_steps,
+        num_chains=chains,
+        has_latent=True,
+    )
 
 
 def ais_log_marginal(model, guide, x: torch.Tensor, num_steps: int, num_chains: int = 16, **kwargs):
@@ -441,6 +568,7 @@ def bdmc(
     target_accept: float = 0.65,
     adapt_rate: float = 0.2,
     tune_chains: int | None = None,
+    memory_budget: int | None = None,
 ) -> BDMCResult:
     r"""Bidirectional Monte Carlo (Grosse et al. 2015) on data simulated from the model.
 
@@ -456,7 +584,7 @@ def bdmc(
     :param seed: base of the random streams; the other options are :func:`ais_estimate`'s,
         used in both directions.
     """
-    num_examples = _positive_int(num_examples, "num_examples")
+    num_examples = positive_int(num_examples, "num_examples")
     owner = getattr(model, "__self__", None)
     if x_like is None and hasattr(owner, "image_shape"):
         ref = next(owner.parameters(), torch.zeros(()))
@@ -464,32 +592,34 @@ def bdmc(
     if not isinstance(x_like, torch.Tensor) or x_like.dim() == 0 or len(x_like) == 0:
         raise ValueError("bdmc needs x_like, a non-empty batch of data to take the shape from")
     template = x_like[:1].expand(num_examples, *x_like.shape[1:]).clone()
-    guide_ = _empty_guide if guide is None else guide
-    with torch.no_grad():
+    guide_ = empty_guide if guide is None else guide
+    base = _base_seed(seed)
+    devices = [template.device] if template.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_stream_seed(base, -1))
         trace = poutine.trace(poutine.uncondition(model)).get_trace(template)
-    observed = [s for s in _sample_sites(trace).values() if s["infer"].get("was_observed")]
+    observed = [s for s in sample_sites(trace).values() if s["infer"].get("was_observed")]
     if len(observed) != 1 or observed[0]["value"].shape != template.shape:
         raise ValueError("BDMC simulates x: the model needs one observed site holding x")
     x = observed[0]["value"].detach()
-    layout = _max_plate_nesting(model, guide_, x)
-    z_star = {
-        name: site["value"].detach()
-        for name, site in _sample_sites(trace).items()
-        if not site["infer"].get("was_observed") and name not in layout.enumerated
-    }
-    base = _base_seed(seed)
     kernel = dict(num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept,
                   adapt_rate=adapt_rate, tune_chains=tune_chains)  # fmt: skip
-    forward = ais_estimate(model, guide, x, num_steps, num_chains, seed=base, **kernel)
+    forward = ais_estimate(model, guide, x, num_steps, num_chains, seed=base,
+                           memory_budget=memory_budget, **kernel)  # fmt: skip
     num_steps, num_chains, num_leapfrog, tune = _setup(
-        model, guide_, x, num_steps, num_chains, num_leapfrog, tune_chains
+        x, num_steps, num_chains, num_leapfrog, tune_chains
     )
     options = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
-    seeds = [_stream_seed(base + 1, j) for j in range(num_examples)]
-    betas = sigmoid_schedule(num_steps).flip(0)
-    with torch.enable_grad(), tqdm(disable=True) as bar:
-        log_w, acc, _ = _run(model, guide_, x, betas, num_chains, tune, options, seeds, z_star, bar)
-    log_w = log_w[:num_chains].detach()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_stream_seed(base + 1, 0))
+        layout = probe(model, guide_, x)
+        with pyro.validation_enabled(False), torch.enable_grad():
+            z_star = {name: trace.nodes[name]["value"].detach() for name in layout.latents}
+            per_pass = _chains_per_pass(model, x, num_chains + tune, None, memory_budget)
+            betas = sigmoid_schedule(num_steps).flip(0).to(x.dtype)
+            with tqdm(disable=True) as bar:
+                log_w, acc, _ = _ais(model, guide_, x, betas, num_chains, tune, options, layout,
+                                     per_pass, bar, start=z_star)  # fmt: skip
     upper = -(torch.logsumexp(log_w, 0) - math.log(num_chains))
     lower = forward.log_marginal
     return BDMCResult(x, lower, upper, upper - lower, forward, acc)

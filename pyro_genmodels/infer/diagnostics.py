@@ -35,24 +35,28 @@ def _psislw(log_ratios: np.ndarray) -> np.ndarray:
 def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
     """Pareto-smoothed importance sampling k-hat per example.
 
-    :param log_weights: ``(K, N)`` log importance weights, K samples for N examples.
-    :returns: ``(N,)`` k-hat; above 0.7 the importance-weighted estimate is
-        unreliable (Vehtari et al. 2024). NaN where it is undefined: fewer than
-        :data:`MIN_PSIS_SAMPLES` samples, or weights that are all equal (an exact
-        proposal, e.g. a model without latents), where there is no tail to fit.
+    :param log_weights: ``(K, N)`` log importance weights, K samples for N examples, or
+        ``(K,)`` for one example.
+    :returns: ``(N,)`` k-hat (a scalar tensor for ``(K,)`` weights); above 0.7 the
+        importance-weighted estimate is unreliable (Vehtari et al. 2024). NaN where it
+        is undefined: fewer than :data:`MIN_PSIS_SAMPLES` samples, or weights that are
+        all equal (an exact proposal, e.g. a model without latents): no tail to fit.
     """
-    lw = log_weights.detach().double().cpu().numpy().T  # (N, K)
+    if not isinstance(log_weights, torch.Tensor) or log_weights.dim() not in (1, 2):
+        raise ValueError("log_weights must be a (K, N) or (K,) tensor of log importance weights")
+    lw = log_weights.detach().double().cpu().reshape(log_weights.shape[0], -1).numpy().T
     khat = np.full(lw.shape[0], np.nan)
-    if lw.shape[1] < MIN_PSIS_SAMPLES:
-        return torch.from_numpy(khat)
-    spread = lw.max(axis=1) - lw.min(axis=1)
-    varying = np.isfinite(spread) & (spread > 1e-9 * np.maximum(1.0, np.abs(lw).max(axis=1)))
-    if varying.any():
-        khat[varying] = _psislw(lw[varying])
-    return torch.from_numpy(khat)
+    if lw.shape[1] >= MIN_PSIS_SAMPLES:
+        spread = lw.max(axis=1) - lw.min(axis=1)
+        scale = np.maximum(1.0, np.abs(lw).max(axis=1))
+        varying = np.isfinite(spread) & (spread > 1e-9 * scale)
+        if varying.any():
+            khat[varying] = _psislw(lw[varying])
+    return torch.from_numpy(khat).reshape(log_weights.shape[1:])
 
 
 def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
-    """Importance-sampling ESS per example, ``(sum w)^2 / sum w^2``, from ``(K, N)`` log weights."""
+    """Importance-sampling ESS per example, ``(sum w)^2 / sum w^2``, from ``(K, N)`` log weights
+    (or ``(K,)`` for one example)."""
     lw = log_weights.double()
     return torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))

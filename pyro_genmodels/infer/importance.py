@@ -21,7 +21,16 @@ Sites are handled as follows:
   ``TraceEnum_ELBO`` uses): a per-pixel variable in a plate nested in the data plate is
   summed per pixel, and a chain under ``pyro.markov`` (which reuses enumeration
   dimensions) is summed step by step, as the forward algorithm does;
-* a model without latent sites gives the exact log p(x).
+* a model without latent sites gives the exact log p(x);
+* auxiliary guide sites (``infer={"is_auxiliary": True}``, as in Pyro's ``AutoNormal``)
+  enter log q, and so does the log-density of the ``Delta`` sites they push forward (which
+  carries the Jacobian), as in Pyro's ELBOs;
+* masks (``poutine.mask``, ``obs_mask``) apply; scales (``poutine.scale``, a subsampling
+  plate's) do not: log p(x) of an example has no scale, so every estimator here ignores them.
+
+Pairs for which no estimate exists are refused with a ``ValueError`` that says why
+(:func:`pyro_genmodels.infer.program.probe`). Pyro's validation runs once, on a probe trace
+of the batch; the chunks of particles then run with it off.
 
 Pyro's ``Importance.get_log_normalizer`` and ``vectorized_importance_weights``
 sum log-weights over the batch; the functions here never do.
@@ -30,10 +39,8 @@ sum log-weights over the batch; the functions here never do.
 from __future__ import annotations
 
 import math
-import operator
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import pyro
 import torch
@@ -42,106 +49,37 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.poutine.util import prune_subsample_sites
 
 from .diagnostics import effective_sample_size, psis_khat
 from .hints import hint
+from .program import (
+    DATA_PLATE,
+    PARTICLES,
+    Layout,
+    check_batch,
+    chunk_budget_bytes,
+    data_frame,
+    empty_guide,
+    positive_int,
+    probe,
+    sample_sites,
+)
 
-DATA_PLATE = "data"
-_PARTICLES = "_iw_particles"
-#: elements per chunk (particles x examples x pixels) when chunk_size is None
-_CHUNK_BUDGET = 2**22
-
-
-def _empty_guide(*args, **kwargs) -> None:
-    """A guide with no sites: every latent is then drawn from the prior."""
-
-
-def _sample_sites(trace) -> dict:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    }
-
-
-def _data_frame(site):
-    for frame in site["cond_indep_stack"]:
-        if frame.name == DATA_PLATE and frame.vectorized:
-            return frame
-    raise ValueError(
-        f"sample site {site['name']!r} is not inside pyro.plate({DATA_PLATE!r}, N); per-example "
-        f"log p(x) needs every sample site of the model and guide inside a vectorized plate "
-        f"named {DATA_PLATE!r} over the N examples"
-    )
-
-
-def _data_dim(site) -> int:
-    return _data_frame(site).dim
-
-
-def _check_plates(site, num_examples: int) -> None:
-    """The data plate covers the batch, and no plate subsamples (its scale would be lost)."""
-    frame = _data_frame(site)
-    for f in site["cond_indep_stack"]:
-        if f.full_size is not None and f.full_size != f.size:
-            raise ValueError(
-                f"site {site['name']!r}: pyro.plate({f.name!r}) subsamples {f.size} of "
-                f"{f.full_size}; per-example log p(x) needs full plates (drop subsample_size "
-                "and pass the subset of examples as x)"
-            )
-    if frame.size != num_examples:
-        raise ValueError(
-            f"site {site['name']!r}: pyro.plate({DATA_PLATE!r}) has size {frame.size} but x has "
-            f"{num_examples} examples; the data plate must span x.shape[0]"
-        )
-
-
-class Layout(NamedTuple):
-    """What one probe trace tells about a model/guide pair."""
-
-    nesting: int  # max plate nesting (the data plate and any plates inside it)
-    enumerated: list[str]  # model sites summed out by parallel enumeration
-    has_latent: bool  # whether the model has any unobserved site
-
-
-def _max_plate_nesting(model, guide, x) -> Layout:
-    """Trace once without particles: plate nesting, enumerable sites, whether any latent."""
-    with poutine.block():
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
-    guide_sites = _sample_sites(guide_tr)
-    model_sites = _sample_sites(model_tr)
-    nesting = 0
-    for site in [*guide_sites.values(), *model_sites.values()]:
-        _check_plates(site, x.shape[0])
-        for frame in site["cond_indep_stack"]:
-            if frame.vectorized:
-                nesting = max(nesting, -frame.dim)
-    for name, site in guide_sites.items():
-        if name not in model_sites:
-            raise ValueError(f"guide site {name!r} does not appear in the model")
-        if site["is_observed"]:
-            raise ValueError(f"guide site {name!r} is observed; guides only sample latents")
-    enumerated = [
-        name
-        for name, site in model_sites.items()
-        if not site["is_observed"]
-        and name not in guide_sites
-        and site["infer"].get("enumerate") == "parallel"
-    ]
-    has_latent = any(not s["is_observed"] for s in model_sites.values())
-    return Layout(nesting, enumerated, has_latent)
+#: bytes held per particle x example x pixel during one chunk (the decoder's output, its
+#: log-likelihood terms and their temporaries)
+_BYTES_PER_ELEMENT_AND_SAMPLE = 8
 
 
 def _reduce(site, log_prob: torch.Tensor, nesting: int) -> torch.Tensor:
-    """Sum a site's log-prob over every plate but particles and data (no enumeration)."""
+    """Sum a site's log-prob over every plate but particles and data (no enumeration), with
+    the site's mask applied (its scale is not: log p(x) has no scale)."""
     mask = site["mask"]
     if mask is not None and not isinstance(mask, bool):
         log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
     elif mask is False:
         log_prob = torch.zeros_like(log_prob)
-    return _sum_plates(log_prob, nesting, _data_dim(site))
+    return _sum_plates(log_prob, nesting, data_frame(site).dim)
 
 
 def _sum_plates(t: torch.Tensor, nesting: int, data_dim: int) -> torch.Tensor:
@@ -173,7 +111,7 @@ def _contract(model_tr, sites: list, enumerated: list[str]) -> torch.Tensor:
         sizes.update(zip(term._pyro_dims, term.shape, strict=True))
         tree.setdefault(frozenset(to_symbol[f.name] for f in frames), []).append(term)
     sum_dims = {model_tr.nodes[name]["infer"]["_enumerate_symbol"] for name in enumerated}
-    target = frozenset({to_symbol[_PARTICLES], to_symbol[DATA_PLATE]})
+    target = frozenset({to_symbol[PARTICLES], to_symbol[DATA_PLATE]})
     ring = LogRing(dim_to_size=sizes)
     result = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=ring)
     return packed.unpack(result, model_tr.symbol_to_dim)
@@ -196,17 +134,17 @@ def _model_log_prob(model_tr, sites: list, layout: Layout) -> torch.Tensor:
     return total
 
 
-def _per_example(total, layout: Layout, data_dim: int, k: int, n: int) -> torch.Tensor:
+def _per_example(total, layout: Layout, k: int, n: int) -> torch.Tensor:
     """A per-particle, per-example total (particle and data dims kept) as ``(k, n)``."""
     nesting = layout.nesting
     total = torch.as_tensor(total)
     total = total.reshape((1,) * (nesting + 1 - total.dim()) + tuple(total.shape))
-    return total.reshape(total.shape[-nesting - 1], total.shape[data_dim]).expand(k, n)
+    return total.reshape(total.shape[-nesting - 1], total.shape[layout.data_dim]).expand(k, n)
 
 
 def _traces(model, guide, x, k: int, layout: Layout):
     """Guide and model (replayed on it) traced under a plate of k particles, log-probs in."""
-    with pyro.plate(_PARTICLES, k, dim=-layout.nesting - 1):
+    with pyro.plate(PARTICLES, k, dim=-layout.nesting - 1):
         guide_tr = poutine.trace(guide).get_trace(x)
         model_tr = poutine.trace(poutine.replay(_enumerating(model, layout), trace=guide_tr))
         model_tr = model_tr.get_trace(x)
@@ -220,68 +158,66 @@ def _chunk_log_weights(model, guide, x, k, layout: Layout, observed=True) -> tor
     """``(k, N)`` log weights for one chunk of k particles.
 
     With ``observed=False`` the observed sites are left out: ``log p(z) - log q(z | x)``
-    (minus a KL sample), enumerated sites still summed out.
+    (minus a KL sample), enumerated sites still summed out. The guide's auxiliary sites
+    enter log q, and so does the log-density of the point masses they push forward.
     """
     guide_tr, model_tr = _traces(model, guide, x, k, layout)
-    guide_sites = _sample_sites(guide_tr)
+    guide_sites = sample_sites(guide_tr)
     sites = [
         site
-        for name, site in _sample_sites(model_tr).items()
+        for name, site in sample_sites(model_tr).items()
         if (site["is_observed"] and observed) or name in guide_sites or name in layout.enumerated
     ]
     total = _model_log_prob(model_tr, sites, layout)
     for site in guide_sites.values():
         total = total - _reduce(site, site["unscaled_log_prob"], layout.nesting)
-    data_dim = _data_dim(next(iter(_sample_sites(model_tr).values())))
-    return _per_example(total, layout, data_dim, k, x.shape[0])
+    return _per_example(total, layout, k, x.shape[0])
 
 
-def _default_chunk(model, x: torch.Tensor) -> int:
+def _default_chunk(model, x: torch.Tensor, budget: int | None) -> int:
     """Particles per chunk: the module's ``iw_samples_per_pass`` hint (particles x examples
-    per pass, for costly decoders such as a PixelCNN), else a memory budget of
-    particles x examples x pixels."""
+    per pass, for costly decoders such as a PixelCNN), else what the memory budget in
+    bytes holds at :data:`_BYTES_PER_ELEMENT_AND_SAMPLE` bytes per particle, example and
+    pixel."""
     per_pass = hint(model, "iw_samples_per_pass")
     if per_pass:
         return max(1, int(per_pass) // max(1, x.shape[0]))
-    return max(1, _CHUNK_BUDGET // max(1, x.numel()))
+    per_particle = _BYTES_PER_ELEMENT_AND_SAMPLE * x.element_size() * max(1, x.numel())
+    return max(1, chunk_budget_bytes(x.device, budget) // per_particle)
 
 
-def _positive_int(value, name: str) -> int:
-    """``value`` as an int >= 1; a float, bool or anything else is a ValueError."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
-def _log_weights(model, guide, x, num_samples, chunk_size) -> tuple[torch.Tensor, bool]:
-    num_samples = _positive_int(num_samples, "num_samples")
-    chunk = None if chunk_size is None else _positive_int(chunk_size, "chunk_size")
-    if not isinstance(x, torch.Tensor) or x.dim() == 0:
-        raise ValueError("x must be a tensor whose first dimension indexes the examples")
+def _log_weights(
+    model, guide, x, num_samples, chunk_size, budget, point_mass=False
+) -> tuple[torch.Tensor, bool]:
+    num_samples = positive_int(num_samples, "num_samples")
+    chunk = None if chunk_size is None else positive_int(chunk_size, "chunk_size")
+    check_batch(x)
     if x.shape[0] == 0:
         return x.new_zeros((num_samples, 0)), True
-    guide = _empty_guide if guide is None else guide
-    layout = _max_plate_nesting(model, guide, x)
-    if not layout.has_latent:
-        lw = _chunk_log_weights(model, guide, x, 1, layout)
-        return lw.expand(num_samples, x.shape[0]), False
-    chunk = chunk or _default_chunk(model, x)
-    chunks = []
-    for start in range(0, num_samples, chunk):
-        k = min(chunk, num_samples - start)
-        chunks.append(_chunk_log_weights(model, guide, x, k, layout))
+    guide = empty_guide if guide is None else guide
+    layout = probe(model, guide, x, point_mass=point_mass)  # Pyro's validation as the caller's
+    with pyro.validation_enabled(False):  # the probe checked the data; skip per-chunk checks
+        if not layout.has_latent:
+            lw = _chunk_log_weights(model, guide, x, 1, layout)
+            return lw.expand(num_samples, x.shape[0]), False
+        chunk = chunk or _default_chunk(model, x, budget)
+        chunks = []
+        for start in range(0, num_samples, chunk):
+            k = min(chunk, num_samples - start)
+            chunks.append(_chunk_log_weights(model, guide, x, k, layout))
     return torch.cat(chunks, 0), True
 
 
 @torch.no_grad()
 def log_importance_weights(
-    model, guide, x: torch.Tensor, num_samples: int, chunk_size: int | None = None
+    model,
+    guide,
+    x: torch.Tensor,
+    num_samples: int,
+    chunk_size: int | None = None,
+    *,
+    memory_budget: int | None = None,
+    allow_point_mass: bool = False,
 ) -> torch.Tensor:
     """The log importance weights ``log p(x_n, z_k) - log q(z_k | x_n)``.
 
@@ -290,15 +226,30 @@ def log_importance_weights(
     :param guide: its guide ``guide(x)``; ``None`` draws every latent from the prior.
     :param x: a batch of images ``(N, C, H, W)`` (any tensor whose first dim is N).
     :param num_samples: K, the number of importance samples per example.
-    :param chunk_size: particles evaluated at once (default: from a memory budget).
+    :param chunk_size: particles evaluated at once (default: what ``memory_budget`` holds).
+    :param memory_budget: bytes a chunk may take (default: a quarter of the free memory of
+        a CUDA device, 1 GiB on the CPU); ignored when ``chunk_size`` is given.
     :returns: ``(K, N)`` log weights; for a model without latents every row is log p(x).
+    :raises ValueError: where no estimate exists (see :mod:`pyro_genmodels.infer.program`):
+        a point-mass guide, a guide whose support differs from the model's, a guide sampling
+        a site the model observes, a site outside ``pyro.plate("data", N)``.
+    :param allow_point_mass: score a point-mass guide site by its ``log_density`` (Pyro's ELBO
+        convention; with K = 1 the training objective of such a guide, not log p(x)).
     """
-    return _log_weights(model, guide, x, num_samples, chunk_size)[0]
+    return _log_weights(
+        model, guide, x, num_samples, chunk_size, memory_budget, allow_point_mass
+    )[0]
 
 
 @torch.no_grad()
 def log_marginal(
-    model, guide, x: torch.Tensor, num_samples: int, chunk_size: int | None = None
+    model,
+    guide,
+    x: torch.Tensor,
+    num_samples: int,
+    chunk_size: int | None = None,
+    *,
+    memory_budget: int | None = None,
 ) -> torch.Tensor:
     r"""Per-example importance-weighted estimate of :math:`\log p(x)` in nats.
 
@@ -308,21 +259,26 @@ def log_marginal(
 
     :returns: ``(N,)`` tensor.
     """
-    lw, has_latent = _log_weights(model, guide, x, num_samples, chunk_size)
+    lw, has_latent = _log_weights(model, guide, x, num_samples, chunk_size, memory_budget)
     if not has_latent:
         return lw[0].clone()
     return torch.logsumexp(lw, 0) - math.log(lw.shape[0])
 
 
 def prior_log_marginal(
-    model, x: torch.Tensor, num_samples: int, chunk_size: int | None = None
+    model,
+    x: torch.Tensor,
+    num_samples: int,
+    chunk_size: int | None = None,
+    *,
+    memory_budget: int | None = None,
 ) -> torch.Tensor:
     r"""The naive estimate :math:`\log \frac{1}{K}\sum_k p(x \mid z_k)`, :math:`z_k \sim p(z)`.
 
     Unbiased in p(x) but with enormous variance in high dimensions: almost no prior
     sample explains a given image. Shown next to :func:`log_marginal` for contrast.
     """
-    return log_marginal(model, None, x, num_samples, chunk_size)
+    return log_marginal(model, None, x, num_samples, chunk_size, memory_budget=memory_budget)
 
 
 @dataclass
@@ -339,11 +295,17 @@ class IWEstimate:
 
 @torch.no_grad()
 def importance_estimate(
-    model, guide, x: torch.Tensor, num_samples: int, chunk_size: int | None = None
+    model,
+    guide,
+    x: torch.Tensor,
+    num_samples: int,
+    chunk_size: int | None = None,
+    *,
+    memory_budget: int | None = None,
 ) -> IWEstimate:
     """:func:`log_marginal` with its diagnostics: the ELBO from the same samples,
     the PSIS Pareto k and the effective sample size, per example."""
-    lw, has_latent = _log_weights(model, guide, x, num_samples, chunk_size)
+    lw, has_latent = _log_weights(model, guide, x, num_samples, chunk_size, memory_budget)
     k = lw.shape[0]
     return IWEstimate(
         log_marginal=torch.logsumexp(lw, 0) - math.log(k) if has_latent else lw[0].clone(),

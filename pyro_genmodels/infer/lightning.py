@@ -29,8 +29,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from .config import LatentScale, TrainingDiverged, make_elbo
 from .free_bits import FreeBitsELBO
-from .importance import _max_plate_nesting, log_importance_weights
+from .importance import log_importance_weights
 from .kl import kl_divergence
+from .program import probe
 from .train import quiet_lightning  # noqa: F401 (for callers of this module)
 
 
@@ -85,8 +86,8 @@ def batch_loader(dataset: Dataset, sampler: Sampler, batch_size: int) -> DataLoa
 def validation_sums(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``[sum of ELBO, sum of KL, count]`` over the images ``x`` (beta = 1, one sample), in
     float64: the sums that the processes of a distributed validation add up."""
-    lw = log_importance_weights(module.model, module.guide, x, 1)
-    kl = kl_divergence(module.model, module.guide, x)
+    lw = log_importance_weights(module.model, module.guide, x, 1, allow_point_mass=True)
+    kl = kl_divergence(module.model, module.guide, x, allow_point_mass=True)
     return torch.tensor([lw.sum().item(), kl.sum().item(), x.shape[0]], dtype=torch.float64)
 
 
@@ -111,7 +112,7 @@ class SVIModule(pl.LightningModule):
         cfg = self.state.config
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
-            nesting = _max_plate_nesting(self.net.model, self.net.guide, x)[0]
+            nesting = probe(self.net.model, self.net.guide, x, check_estimable=False).nesting
         if cfg.free_bits > 0:
             self.elbo = FreeBitsELBO(cfg.free_bits, cfg.num_particles)
             self.elbo.max_plate_nesting = nesting
