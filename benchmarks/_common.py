@@ -70,3 +70,31 @@ def write_table(out: Path, lines: list[str], rows: list[dict] | None = None) -> 
     (out / "table.md").write_text(table + "\n")
     if rows is not None:
         (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+#: the last commit before issue 19's estimators: the "old code" of the A/B benchmarks
+BASELINE_REV = "faf73f0"
+
+
+def baseline_infer(rev: str = BASELINE_REV):
+    """``pyro_genmodels.infer``'s estimators as they were at git revision ``rev``, imported as
+    a separate package (``_baseline_infer``) so that old and new run in one process."""
+    import importlib
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="baseline-"))
+    package = root / "_baseline_infer"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("ais", "importance", "diagnostics", "hints", "kl"):
+        source = subprocess.run(
+            ["git", "show", f"{rev}:pyro_genmodels/infer/{name}.py"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        (package / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(root))
+    for name in ("ais", "importance", "kl"):
+        importlib.import_module(f"_baseline_infer.{name}")
+    return importlib.import_module("_baseline_infer")

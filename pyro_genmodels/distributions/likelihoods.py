@@ -86,6 +86,37 @@ class Likelihood(nn.Module):
         return f"image_shape={self.image_shape}"
 
 
+class _Softplus(torch.autograd.Function):
+    """``softplus(a) = relu(a) + log(1 + exp(-|a|))``, gradient ``sigmoid(a)``.
+
+    torch's ``softplus`` goes through ``log1p``, which this CPU build does not vectorize
+    (8 ns an element against 0.5 for ``exp``); ``log(1 + e)`` with ``e <= 1`` is within one
+    rounding of it (absolute error below 2^-24 in float32), and the whole Bernoulli
+    log-likelihood of K x N x 784 logits is 5x faster (``benchmarks/iw_throughput.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return a.relu() + a.abs().neg_().exp_().add_(1).log_()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (a,) = ctx.saved_tensors
+        return grad * torch.sigmoid(a)
+
+
+class BernoulliLogits(dist.Bernoulli):
+    """Pyro's Bernoulli with ``log_prob = x * logits - softplus(logits)``, in two passes over
+    the logits (torch's ``binary_cross_entropy_with_logits`` makes about six)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        return value * logits - _Softplus.apply(logits)
+
+
 def _value_range(x: torch.Tensor) -> str:
     return f"[{x.min().item():.4g}, {x.max().item():.4g}]"
 
@@ -111,7 +142,7 @@ class BernoulliLikelihood(Likelihood):
         return 2 * x - 1
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=params, validate_args=False).to_event(3)
+        return BernoulliLogits(logits=params, validate_args=False).to_event(3)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)

@@ -485,7 +485,7 @@ def ais_estimate(
         generator state is left as it was.
     :param chunk_size: chains per pass (default: what ``memory_budget`` holds).
     :param memory_budget: bytes a pass may take (default: a quarter of the free memory of a
-        CUDA device, 1 GiB on the CPU).
+        CUDA device, 128 MiB on the CPU).
     :param example_offset: index of ``x[0]`` in a larger set; mixed into the seed, so that
         batches of a larger set draw distinct streams.
     :param progress: a tqdm bar over the annealing steps.

@@ -250,13 +250,14 @@ def check_batch(x) -> None:
         raise ValueError("x must be a tensor whose first dimension indexes the examples")
 
 
-#: bytes a chunk may take on the CPU when no budget is given
-CPU_MEMORY_BUDGET = 2**30
+#: bytes a chunk may take on the CPU when no budget is given: larger chunks are slower there
+#: (each allocates and faults in fresh pages; ``benchmarks/iw_throughput.py --chunks``)
+CPU_MEMORY_BUDGET = 2**27
 
 
 def chunk_budget_bytes(device: torch.device, budget: int | None = None) -> int:
     """Bytes one chunk of work may take: ``budget``, else a quarter of the free memory of a
-    CUDA device, else :data:`CPU_MEMORY_BUDGET`."""
+    CUDA device, else :data:`CPU_MEMORY_BUDGET` (128 MiB)."""
     if budget is not None:
         return positive_int(budget, "memory_budget")
     if device.type == "cuda":
