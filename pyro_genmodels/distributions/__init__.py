@@ -1,5 +1,6 @@
 """Image likelihoods as distributions over whole images (event_shape ``(C, H, W)``)."""
 
+from .autoregressive import AutoregressiveImage
 from .likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -13,6 +14,7 @@ from .logistic_mixture import DiscretizedLogisticMixture
 from .mixture import DiagonalNormalMixture
 
 __all__ = [
+    "AutoregressiveImage",
     "LIKELIHOODS",
     "BernoulliLikelihood",
     "CategoricalLikelihood",

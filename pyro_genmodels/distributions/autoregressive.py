@@ -20,6 +20,63 @@ from torch.distributions import constraints
 from .likelihoods import Likelihood
 
 
+def _check_wiring(net, likelihood: Likelihood, image_shape, context, context_map) -> None:
+    """The declared wiring of ``net`` against the likelihood, the image and the context."""
+    channels = image_shape[0]
+    declared = {k: getattr(net, k, None) for k in ("in_channels", "out_channels", "groups")}
+    if declared["in_channels"] not in (None, channels):
+        raise ValueError(
+            f"the network reads {declared['in_channels']} input channels but the images have "
+            f"{channels}"
+        )
+    if declared["out_channels"] not in (None, likelihood.param_channels):
+        raise ValueError(
+            f"the network outputs {declared['out_channels']} channels but the {likelihood.name} "
+            f"likelihood of {channels}-channel images needs {likelihood.param_channels} "
+            f"({likelihood.num_params} per image channel)"
+        )
+    want = channels if likelihood.channel_aware else 1
+    if declared["groups"] not in (None, want):
+        how = "channel by channel" if likelihood.channel_aware else "jointly"
+        raise ValueError(
+            f"the network's masks have groups={declared['groups']} but the {likelihood.name} "
+            f"likelihood models a pixel's channels {how} (channel_aware="
+            f"{likelihood.channel_aware}): it needs groups={want}, else a channel's own value "
+            "leaks into its prediction"
+        )
+    for name, t, size, dims in (
+        ("context", context, getattr(net, "context_dim", None), -1),
+        ("context_map", context_map, getattr(net, "context_channels", None), -3),
+    ):
+        if size is None:
+            continue
+        if t is None and size:
+            raise ValueError(
+                f"the network was built for a {name} of size {size} (it is conditional) but none "
+                f"was given: pass {name}="
+            )
+        if t is not None and not size:
+            raise ValueError(f"the network was built without a {name} (it is unconditional)")
+        if t is not None and (t.dim() < -dims or t.shape[dims] != size):
+            raise ValueError(
+                f"the network expects a {name} with {size} channels in dim {dims}, got shape "
+                f"{tuple(t.shape)}"
+            )
+    if context_map is not None and tuple(context_map.shape[-2:]) != tuple(image_shape[1:]):
+        raise ValueError(
+            f"context_map has spatial shape {tuple(context_map.shape[-2:])}, the images "
+            f"{tuple(image_shape[1:])}"
+        )
+
+
+def _check_params(params: torch.Tensor, likelihood: Likelihood) -> None:
+    if params.dim() < 3 or params.shape[-3] != likelihood.param_channels:
+        raise ValueError(
+            f"the network returned {tuple(params.shape)}: the {likelihood.name} likelihood needs "
+            f"{likelihood.param_channels} channels in dim -3"
+        )
+
+
 class AutoregressiveImage(dist.TorchDistribution):
     """An image distribution defined by a causal network and a pixel likelihood.
 
@@ -33,6 +90,12 @@ class AutoregressiveImage(dist.TorchDistribution):
     :param context: optional ``(..., D)`` conditioning vector (class one-hot or latent);
         its leading dims are the batch shape.
     :param context_map: optional ``(..., Cm, H, W)`` conditioning map.
+
+    A network that declares its wiring (``in_channels``, ``out_channels``, ``groups``,
+    ``context_dim``, ``context_channels``: the library's nets do, see
+    :func:`pyro_genmodels.nn.declare_wiring`) is checked against the likelihood and the
+    context when the distribution is built; the output channels of any network are checked
+    at every call. A mismatch is a ``ValueError`` naming both sides, never a broadcast.
     """
 
     arg_constraints: dict = {}
@@ -58,6 +121,11 @@ class AutoregressiveImage(dist.TorchDistribution):
             else:
                 batch_shape = ()
         super().__init__(torch.Size(batch_shape), torch.Size(image_shape), validate_args)
+        _check_wiring(net, likelihood, self.event_shape, context, context_map)
+        if self._validate_args:
+            for name, t in (("context", context), ("context_map", context_map)):
+                if t is not None and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"the {name} contains NaN or infinite values")
 
     @constraints.dependent_property
     def support(self):
@@ -88,8 +156,16 @@ class AutoregressiveImage(dist.TorchDistribution):
         ctx, ctx_map = self._flat_context(lead)
         if ctx_map is not None:
             ctx_map = ctx_map[..., : x.shape[-2], :]
-        params = self.net(self.likelihood.net_input(x), ctx, ctx_map)
+        params = self.net(self.likelihood.net_input(self._as_input(x)), ctx, ctx_map)
+        _check_params(params, self.likelihood)
         return self.likelihood(params)
+
+    def _as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer or boolean images in the network's float dtype."""
+        if torch.is_floating_point(x):
+            return x
+        ref = self._reference()
+        return x.to(ref.dtype if ref.is_floating_point() else torch.get_default_dtype())
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) in nats, summed over the image."""
@@ -145,7 +221,9 @@ class AutoregressiveImage(dist.TorchDistribution):
                         params = sampler.step(r, col)  # (n, P)
                     else:
                         net_in = self.likelihood.net_input(x[:, :, : r + 1])
-                        params = self.net(net_in, ctx, rows_map)[:, :, r, col]
+                        params = self.net(net_in, ctx, rows_map)
+                        _check_params(params, self.likelihood)
+                        params = params[:, :, r, col]
                     draw = self.likelihood(params[:, :, None, None]).sample()[:, :, 0, 0]
                     if ch is None:
                         x[:, :, r, col] = draw

@@ -236,9 +236,9 @@ def log_importance_weights(
     :param allow_point_mass: score a point-mass guide site by its ``log_density`` (Pyro's ELBO
         convention; with K = 1 the training objective of such a guide, not log p(x)).
     """
-    return _log_weights(
-        model, guide, x, num_samples, chunk_size, memory_budget, allow_point_mass
-    )[0]
+    return _log_weights(model, guide, x, num_samples, chunk_size, memory_budget, allow_point_mass)[
+        0
+    ]
 
 
 @torch.no_grad()

@@ -16,12 +16,20 @@ from .dense import (
     make_encoder_decoder,
     mlp,
 )
+from .masked import MaskedConv2d
+from .pixelcnn import GatedPixelCNNNet, PixelCNNNet, declare_wiring
+from .pixelrnn import PixelRNNNet
 
 __all__ = [
     "HIDDEN_LAYERS",
     "NETWORKS",
     "WEIGHT_INITS",
     "GatedConv2d",
+    "GatedPixelCNNNet",
+    "MaskedConv2d",
+    "PixelCNNNet",
+    "PixelRNNNet",
+    "declare_wiring",
     "GatedDense",
     "HiddenLayer",
     "WeightInit",

@@ -14,6 +14,15 @@ from torch import nn
 from .masked import MaskedConv2d, channel_groups
 
 
+def declare_wiring(net, in_channels, out_channels, groups, context_dim=0, context_channels=0):
+    """Set the attributes a causal network declares for
+    :class:`~pyro_genmodels.distributions.AutoregressiveImage` to check its wiring against:
+    image channels in, parameter channels out, mask groups (C for channel-aware masks, 1
+    when a pixel's channels are modelled jointly), and the context sizes it expects."""
+    net.in_channels, net.out_channels, net.groups = in_channels, out_channels, groups
+    net.context_dim, net.context_channels = context_dim, context_channels
+
+
 def _check_channels(hidden: int, groups: int) -> None:
     if hidden < 1 or hidden % groups:
         raise ValueError(
@@ -75,6 +84,7 @@ class PixelCNNNet(nn.Module):
             *(ResidualBlock(h, groups, kernel_size) for _ in range(num_layers))
         )
         self.head = _Head(2 * h, 2 * h, out_channels, groups)
+        declare_wiring(self, in_channels, out_channels, groups)
 
     def forward(self, x, context=None, context_map=None):
         if context is not None or context_map is not None:
@@ -179,7 +189,7 @@ class GatedPixelCNNNet(nn.Module):
         ]
         self.layers = nn.ModuleList(layers)
         self.head = _Head(h, h, out_channels, groups)
-        self.context_dim, self.context_channels = context_dim, context_channels
+        declare_wiring(self, in_channels, out_channels, groups, context_dim, context_channels)
 
     def forward(self, x, context=None, context_map=None):
         if context is not None and not self.context_dim:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .masked import MaskedConv2d, channel_groups, down_shift
-from .pixelcnn import _check_channels, _Head
+from .pixelcnn import _check_channels, _Head, declare_wiring
 
 
 def _lstm_update(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +140,7 @@ class PixelRNNNet(nn.Module):
             MaskedConv2d(h, 2 * h, 1, "B", groups) for _ in range(num_layers)
         )
         self.head = _Head(2 * h, 2 * h, out_channels, groups)
+        declare_wiring(self, in_channels, out_channels, groups)
 
     def forward(self, x, context=None, context_map=None):
         if context is not None or context_map is not None:
