@@ -33,7 +33,7 @@ def _fmt(fn) -> str:
 
 
 def cases():
-    """``(case, exact (or None), {estimator: fn(infer_module)})``."""
+    """``(case, exact log p(x), model, guide, x)``."""
     x = torch.tensor([0.5, 2.0], dtype=F64)
     conditioned = pyro.condition(programs.normal_normal, data={"z": torch.tensor(0.0, dtype=F64)})
     exact_cond = dist.Normal(0.0, 1.0).log_prob(torch.tensor(0.0)) + dist.Normal(0.0, 1.0).log_prob(
@@ -57,14 +57,14 @@ def cases():
     chain = programs.MaskedGammaChain([4, 2, 1])
     xc = torch.tensor([[1.0, 4.0, 2.0, 0.0], [3.0, 0.0, 9.0, 9.0], [2.0, 5.0, 5.0, 5.0]], dtype=F64)
     return [
-        ("1 guide samples an observed site", exact_cond, x, conditioned, programs.normal_guide),
-        ("2 LogNormal guide, Normal latent", programs.normal_normal_exact(x3), x3,
-         programs.normal_normal, lognormal_guide),
-        ("3 point-mass guide", programs.normal_normal_exact(x3), x3, programs.normal_normal,
-         delta_guide),
-        ("4 LKJCholesky latent", lkj.exact(xl), xl, lkj.model, None),
-        ("5 Gamma-Poisson, AIS defaults", gp.exact(counts), counts, gp.model, None),
-        ("6 masked Gamma chain", chain.exact(xc), xc, chain.model, None),
+        ("1 guide samples an observed site", exact_cond, conditioned, programs.normal_guide, x),
+        ("2 LogNormal guide, Normal latent", programs.normal_normal_exact(x3),
+         programs.normal_normal, lognormal_guide, x3),
+        ("3 point-mass guide", programs.normal_normal_exact(x3), programs.normal_normal,
+         delta_guide, x3),
+        ("4 LKJCholesky latent", lkj.exact(xl), lkj.model, None, xl),
+        ("5 Gamma-Poisson, AIS defaults", gp.exact(counts), gp.model, None, counts),
+        ("6 masked Gamma chain", chain.exact(xc), chain.model, None, xc),
     ]  # fmt: skip
 
 
@@ -85,15 +85,15 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     rows = []
-    for name, exact, x, model, guide in cases():
+    for name, exact, *pair in cases():
         torch.manual_seed(0)
         row = {
             "case": name,
             "exact": _fmt(lambda exact=exact: exact),
-            "iw_old": _fmt(lambda: old_iw.log_marginal(model, guide, x, 20000)),
-            "iw_new": _fmt(lambda: new.log_marginal(model, guide, x, 20000)),
-            "ais_old": _fmt(lambda: old_ais.ais_log_marginal(model, guide, x, 100, 16, seed=0)),
-            "ais_new": _fmt(lambda: new.ais_log_marginal(model, guide, x, 100, 16, seed=0)),
+            "iw_old": _fmt(lambda p=pair: old_iw.log_marginal(*p, 20000)),
+            "iw_new": _fmt(lambda p=pair: new.log_marginal(*p, 20000)),
+            "ais_old": _fmt(lambda p=pair: old_ais.ais_log_marginal(*p, 100, 16, seed=0)),
+            "ais_new": _fmt(lambda p=pair: new.ais_log_marginal(*p, 100, 16, seed=0)),
         }
         rows.append(row)
         lines.append("| " + " | ".join(row.values()) + " |")

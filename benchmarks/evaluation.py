@@ -8,6 +8,14 @@ Then BDMC on ``--bdmc-examples`` images simulated from the first run's model.
 
     .venv/bin/python benchmarks/evaluation.py --runs runs/vae-bmnist,runs/iwae-bmnist \\
         --limit 100 --ais-steps 100,1000 --out results/evaluation
+
+``--speed`` instead times the estimators of this checkout against those at ``--baseline-rev``
+(the code before issue 19, with torch's Bernoulli log-likelihood) on the same images and
+checkpoint, in one process: AIS at ``--ais-steps`` x ``--ais-chains`` and IW at
+``--num-samples``, seconds per image, the NLLs and their paired difference:
+
+    .venv/bin/python benchmarks/evaluation.py --speed --pretrained vae-paper --limit 200 \\
+        --ais-steps 1000 --ais-chains 8 --num-samples 1000 --out results/evaluation-speed
 """
 
 from __future__ import annotations
@@ -19,10 +27,75 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, write_table
+from _common import BASELINE_REV, baseline_infer, binarized_mnist, machine, write_table
+from iw_vs_pythae import torch_bernoulli
 
+import pyro_genmodels as pg
+from pyro_genmodels import infer
 from pyro_genmodels.infer import ais_estimate, bdmc, importance_estimate
 from pyro_genmodels.runs import load_run
+
+
+def speed(args) -> None:
+    """Old (``--baseline-rev``) against new estimators on one checkpoint, one process."""
+    module = pg.load_pretrained(args.pretrained)
+    x, source = binarized_mnist("test", args.limit)
+    old = baseline_infer(args.baseline_rev)
+    rows, per_image = [], {}
+    steps = int(args.ais_steps.split(",")[-1])
+    for code, ais, iw, context in (
+        ("new", infer.ais_estimate, infer.log_marginal, None),
+        (f"old ({args.baseline_rev})", old.ais.ais_estimate, old.importance.log_marginal,
+         torch_bernoulli),
+    ):  # fmt: skip
+        with context() if context else _nothing():
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            lm = torch.cat([iw(module.model, module.guide, xb, args.num_samples)
+                            for xb in x.split(args.batch)])  # fmt: skip
+            seconds = (time.perf_counter() - start) / len(x)
+            rows.append(dict(code=code, estimate=f"IW K = {args.num_samples}",
+                             s_per_image=seconds, nll=-lm.mean().item()))  # fmt: skip
+            per_image[code, "iw"] = lm.double()
+            print(json.dumps(rows[-1]), flush=True)
+            start = time.perf_counter()
+            parts = []
+            for i, xb in enumerate(x.split(args.batch)):
+                est = ais(module.model, module.guide, xb, steps, args.ais_chains, seed=0,
+                          num_leapfrog=args.leapfrog, example_offset=i * args.batch)  # fmt: skip
+                parts.append(est.log_marginal)
+            lm = torch.cat(parts).double()
+            rows.append(dict(code=code, estimate=f"AIS T = {steps} x {args.ais_chains} chains",
+                             s_per_image=(time.perf_counter() - start) / len(x),
+                             nll=-lm.mean().item()))  # fmt: skip
+            per_image[code, "ais"] = lm
+            print(json.dumps(rows[-1]), flush=True)
+    lines = [
+        f"{args.pretrained}, the first {len(x)} {source} test images, batches of {args.batch}; "
+        f"AIS {args.leapfrog} leapfrog steps per move. {machine()}.",
+        "",
+        "| code | estimate | s/image | test NLL | old / new time | new - old NLL (paired) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    new_code, old_code = rows[0]["code"], rows[2]["code"]
+    for r in rows:
+        kind = "iw" if r["estimate"].startswith("IW") else "ais"
+        twin = next(q for q in rows if q["estimate"] == r["estimate"] and q is not r)
+        ratio = (twin if r["code"] == new_code else r)["s_per_image"] / (
+            r if r["code"] == new_code else twin)["s_per_image"]  # fmt: skip
+        diff = -(per_image[new_code, kind] - per_image[old_code, kind])
+        paired = f"{diff.mean():+.3f} +- {diff.std() / math.sqrt(len(diff)):.3f}"
+        lines.append(f"| {r['code']} | {r['estimate']} | {r['s_per_image']:.3f} | "
+                     f"{r['nll']:.2f} | {ratio:.2f} | {paired} |")  # fmt: skip
+    write_table(Path(args.out), lines, rows)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _iw(module, x, k, batch):
@@ -46,7 +119,10 @@ def _ais(module, x, steps, chains, batch, leapfrog):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, help="comma-separated run directories")
+    parser.add_argument("--runs", help="comma-separated run directories")
+    parser.add_argument("--speed", action="store_true", help="old against new estimators")
+    parser.add_argument("--pretrained", default="vae-paper", help="--speed: the checkpoint")
+    parser.add_argument("--baseline-rev", default=BASELINE_REV, help="--speed: the old code")
     parser.add_argument("--limit", type=int, default=100, help="first N test images")
     parser.add_argument("--num-samples", type=int, default=5000, help="IW K")
     parser.add_argument("--ais-steps", default="100,1000", help="comma-separated AIS T")
@@ -57,6 +133,11 @@ def main() -> None:
     parser.add_argument("--bdmc-steps", default="100", help="comma-separated BDMC T")
     parser.add_argument("--out", default="results/evaluation")
     args = parser.parse_args()
+    if args.speed:
+        speed(args)
+        return
+    if not args.runs:
+        parser.error("--runs is required (or --speed)")
     torch.manual_seed(0)
     rows, bdmc_rows = [], []
     for run_dir in args.runs.split(","):

@@ -135,16 +135,20 @@ def _same_value(a, b) -> bool:
     return a == b
 
 
+def _unwrap(c):
+    """The constraint inside the wrappers that keep its set (independent, mixture)."""
+    while hasattr(c, "base_constraint"):
+        c = c.base_constraint
+    return c
+
+
 def same_support(a, b) -> bool:
     """Whether the constraints ``a`` and ``b`` describe the same set (up to measure zero).
 
-    Independent wrappers are looked through (the event dims are the sites' business); a
-    dependent constraint, which cannot be inspected, counts as the same.
+    Independent and mixture wrappers are looked through (the event dims are the sites'
+    business); a dependent constraint, which cannot be inspected, counts as the same.
     """
-    while isinstance(a, constraints.independent):
-        a = a.base_constraint
-    while isinstance(b, constraints.independent):
-        b = b.base_constraint
+    a, b = _unwrap(a), _unwrap(b)
     if a is b or constraints.is_dependent(a) or constraints.is_dependent(b):
         return True
     if _kind(a) is not _kind(b):
