@@ -21,6 +21,7 @@ checkpoint, in one process: AIS at ``--ais-steps`` x ``--ais-chains`` and IW at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -37,65 +38,58 @@ from pyro_genmodels.runs import load_run
 
 
 def speed(args) -> None:
-    """Old (``--baseline-rev``) against new estimators on one checkpoint, one process."""
+    """Old (``--baseline-rev``) against new estimators on one checkpoint, one process, batch
+    by batch in turn (this machine's speed drifts over minutes)."""
     module = pg.load_pretrained(args.pretrained)
     x, source = binarized_mnist("test", args.limit)
     old = baseline_infer(args.baseline_rev)
-    rows, per_image = [], {}
     steps = int(args.ais_steps.split(",")[-1])
-    for code, ais, iw, context in (
-        ("new", infer.ais_estimate, infer.log_marginal, None),
-        (f"old ({args.baseline_rev})", old.ais.ais_estimate, old.importance.log_marginal,
-         torch_bernoulli),
-    ):  # fmt: skip
-        with context() if context else _nothing():
-            torch.manual_seed(0)
-            start = time.perf_counter()
-            lm = torch.cat([iw(module.model, module.guide, xb, args.num_samples)
-                            for xb in x.split(args.batch)])  # fmt: skip
-            seconds = (time.perf_counter() - start) / len(x)
-            rows.append(dict(code=code, estimate=f"IW K = {args.num_samples}",
-                             s_per_image=seconds, nll=-lm.mean().item()))  # fmt: skip
-            per_image[code, "iw"] = lm.double()
-            print(json.dumps(rows[-1]), flush=True)
-            start = time.perf_counter()
-            parts = []
-            for i, xb in enumerate(x.split(args.batch)):
+    codes = {
+        "new": (infer.ais_estimate, infer.log_marginal, contextlib.nullcontext),
+        f"old ({args.baseline_rev})": (old.ais.ais_estimate, old.importance.log_marginal,
+                                       torch_bernoulli),
+    }  # fmt: skip
+    seconds = {(c, kind): 0.0 for c in codes for kind in ("iw", "ais")}
+    per_image = {key: [] for key in seconds}
+    for i, xb in enumerate(x.split(args.batch)):
+        for code, (ais, iw, context) in codes.items():
+            with context():
+                torch.manual_seed(i)
+                start = time.perf_counter()
+                per_image[code, "iw"].append(iw(module.model, module.guide, xb, args.num_samples))
+                seconds[code, "iw"] += time.perf_counter() - start
+                start = time.perf_counter()
                 est = ais(module.model, module.guide, xb, steps, args.ais_chains, seed=0,
                           num_leapfrog=args.leapfrog, example_offset=i * args.batch)  # fmt: skip
-                parts.append(est.log_marginal)
-            lm = torch.cat(parts).double()
-            rows.append(dict(code=code, estimate=f"AIS T = {steps} x {args.ais_chains} chains",
-                             s_per_image=(time.perf_counter() - start) / len(x),
-                             nll=-lm.mean().item()))  # fmt: skip
-            per_image[code, "ais"] = lm
-            print(json.dumps(rows[-1]), flush=True)
+                seconds[code, "ais"] += time.perf_counter() - start
+                per_image[code, "ais"].append(est.log_marginal)
+            print(json.dumps({f"{c} {k}": round(v, 2) for (c, k), v in seconds.items()}),
+                  flush=True)  # fmt: skip
+    per_image = {key: torch.cat(v).double() for key, v in per_image.items()}
+    new_code, old_code = list(codes)
     lines = [
-        f"{args.pretrained}, the first {len(x)} {source} test images, batches of {args.batch}; "
-        f"AIS {args.leapfrog} leapfrog steps per move. {machine()}.",
+        f"{args.pretrained}, the first {len(x)} {source} test images, batches of {args.batch}, "
+        f"old and new in turn on each batch; AIS {args.leapfrog} leapfrog steps per move. "
+        f"{machine()}.",
         "",
-        "| code | estimate | s/image | test NLL | old / new time | new - old NLL (paired) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| estimate | old s/image | new s/image | old / new | old NLL | new NLL "
+        "| new - old (paired) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    new_code, old_code = rows[0]["code"], rows[2]["code"]
-    for r in rows:
-        kind = "iw" if r["estimate"].startswith("IW") else "ais"
-        twin = next(q for q in rows if q["estimate"] == r["estimate"] and q is not r)
-        ratio = (twin if r["code"] == new_code else r)["s_per_image"] / (
-            r if r["code"] == new_code else twin)["s_per_image"]  # fmt: skip
+    rows = []
+    for kind, name in (("iw", f"IW K = {args.num_samples}"),
+                       ("ais", f"AIS T = {steps} x {args.ais_chains} chains")):  # fmt: skip
+        s_old, s_new = (seconds[c, kind] / len(x) for c in (old_code, new_code))
+        nll_old, nll_new = (-per_image[c, kind].mean().item() for c in (old_code, new_code))
         diff = -(per_image[new_code, kind] - per_image[old_code, kind])
-        paired = f"{diff.mean():+.3f} +- {diff.std() / math.sqrt(len(diff)):.3f}"
-        lines.append(f"| {r['code']} | {r['estimate']} | {r['s_per_image']:.3f} | "
-                     f"{r['nll']:.2f} | {ratio:.2f} | {paired} |")  # fmt: skip
+        se = diff.std().item() / math.sqrt(len(diff))
+        rows.append(dict(estimate=name, old_s_per_image=s_old, new_s_per_image=s_new,
+                         old_nll=nll_old, new_nll=nll_new, diff=diff.mean().item(),
+                         diff_se=se))  # fmt: skip
+        lines.append(f"| {name} | {s_old:.3f} | {s_new:.3f} | {s_old / s_new:.2f} | "
+                     f"{nll_old:.2f} | {nll_new:.2f} | "
+                     f"{diff.mean():+.3f} +- {se:.3f} |")  # fmt: skip
     write_table(Path(args.out), lines, rows)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _iw(module, x, k, batch):

@@ -52,6 +52,7 @@ from .importance import (
     log_importance_weights,
 )
 from .program import (
+    CPU_MEMORY_BUDGET,
     PARTICLES,
     Layout,
     check_batch,
@@ -405,7 +406,8 @@ def _chains_per_pass(model, x, total: int, chunk_size, memory_budget) -> int:
     if per_pass:
         return max(1, int(per_pass) // max(1, x.shape[0]))
     per_chain = _BYTES_PER_ELEMENT_AND_CHAIN * x.element_size() * max(1, x.numel())
-    return max(1, min(total, chunk_budget_bytes(x.device, memory_budget) // per_chain))
+    budget = chunk_budget_bytes(x.device, memory_budget, CPU_MEMORY_BUDGET)
+    return max(1, min(total, budget // per_chain))
 
 
 def _ais(model, guide, x, betas, chains, tune, kernel, layout, per_pass, bar, start=None):
@@ -485,7 +487,7 @@ def ais_estimate(
         generator state is left as it was.
     :param chunk_size: chains per pass (default: what ``memory_budget`` holds).
     :param memory_budget: bytes a pass may take (default: a quarter of the free memory of a
-        CUDA device, 128 MiB on the CPU).
+        CUDA device, 1 GiB on the CPU).
     :param example_offset: index of ``x[0]`` in a larger set; mixed into the seed, so that
         batches of a larger set draw distinct streams.
     :param progress: a tqdm bar over the annealing steps.

@@ -228,7 +228,8 @@ def log_importance_weights(
     :param num_samples: K, the number of importance samples per example.
     :param chunk_size: particles evaluated at once (default: what ``memory_budget`` holds).
     :param memory_budget: bytes a chunk may take (default: a quarter of the free memory of
-        a CUDA device, 128 MiB on the CPU); ignored when ``chunk_size`` is given.
+        a CUDA device, 32 MiB on the CPU, where chunks in cache are fastest); ignored when
+        ``chunk_size`` is given.
     :returns: ``(K, N)`` log weights; for a model without latents every row is log p(x).
     :raises ValueError: where no estimate exists (see :mod:`pyro_genmodels.infer.program`):
         a point-mass guide, a guide whose support differs from the model's, a guide sampling
