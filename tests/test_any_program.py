@@ -224,11 +224,12 @@ def test_ais_at_default_settings_on_gamma_poisson_matches_the_negative_binomial(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_ais_on_lognormal_latents_matches_quadrature(dtype):
+@pytest.mark.parametrize("step_size", [0.05, 2.0])  # the default, and divergent first steps
+def test_ais_on_lognormal_latents_matches_quadrature(dtype, step_size):
     ln = LogNormalPoisson()
     copies = 6
     x = torch.tensor([0.0, 3.0, 7.0, 15.0], dtype=dtype).repeat(copies)
-    est = ais_estimate(ln.model, None, x, 300, 8, seed=0, step_size=2.0)  # big first steps
+    est = ais_estimate(ln.model, None, x, 300, 8, seed=0, step_size=step_size)
     assert est.log_marginal.dtype == dtype
     _close_in_the_mean(est.log_marginal, ln.exact(x), copies, slack=0.03)
 
@@ -296,6 +297,18 @@ def test_kl_with_no_guide_is_zero_and_a_model_without_sites_is_a_clear_error():
             run()
     with pytest.raises(ValueError, match="chunk_size must be a positive integer, got 0"):
         ais_log_marginal(normal_normal, None, x, 3, 2, chunk_size=0)
+
+
+def test_integer_images_for_a_library_model_are_a_clear_error():
+    import pyro_genmodels as pg
+
+    vae = pg.create_model("vae", image_shape=(1, 4, 4), latent_dim=2, hidden_dims=(8,))
+    x = (torch.rand(3, 1, 4, 4) < 0.5).long()
+    for run in _every_estimator(vae.model, vae.guide, x):
+        with pytest.raises(
+            ValueError, match="images must be a float tensor, got dtype torch.int64"
+        ):
+            run()
 
 
 def test_psis_and_ess_take_one_example_as_a_1d_tensor():
