@@ -15,7 +15,8 @@ checkpoint, in one process: AIS at ``--ais-steps`` x ``--ais-chains`` and IW at
 ``--num-samples``, seconds per image, the NLLs and their paired difference:
 
     .venv/bin/python benchmarks/evaluation.py --speed --pretrained vae-paper --limit 200 \\
-        --ais-steps 1000 --ais-chains 8 --num-samples 1000 --out results/evaluation-speed
+        --batch 100 --ais-steps 1000 --ais-chains 8 --num-samples 1000 \\
+        --gradient-dtype bfloat16 --out results/evaluation-speed
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def speed(args) -> None:
         f"old ({args.baseline_rev})": (old.ais.ais_estimate, old.importance.log_marginal,
                                        torch_bernoulli),
     }  # fmt: skip
+    if args.gradient_dtype:  # the new AIS with low-precision leapfrog gradients
+        low = getattr(torch, args.gradient_dtype)
+        codes[f"new, {args.gradient_dtype} gradients"] = (
+            lambda *a, **k: infer.ais_estimate(*a, gradient_dtype=low, **k),
+            infer.log_marginal,
+            contextlib.nullcontext,
+        )
     seconds = {(c, kind): 0.0 for c in codes for kind in ("iw", "ais")}
     per_image = {key: [] for key in seconds}
     for i, xb in enumerate(x.split(args.batch)):
@@ -66,7 +74,7 @@ def speed(args) -> None:
             print(json.dumps({f"{c} {k}": round(v, 2) for (c, k), v in seconds.items()}),
                   flush=True)  # fmt: skip
     per_image = {key: torch.cat(v).double() for key, v in per_image.items()}
-    new_code, old_code = list(codes)
+    new_code, old_code = list(codes)[:2]
     lines = [
         f"{args.pretrained}, the first {len(x)} {source} test images, batches of {args.batch}, "
         f"old and new in turn on each batch; AIS {args.leapfrog} leapfrog steps per move. "
@@ -89,6 +97,19 @@ def speed(args) -> None:
         lines.append(f"| {name} | {s_old:.3f} | {s_new:.3f} | {s_old / s_new:.2f} | "
                      f"{nll_old:.2f} | {nll_new:.2f} | "
                      f"{diff.mean():+.3f} +- {se:.3f} |")  # fmt: skip
+        for code in list(codes)[2:]:
+            if kind == "iw":
+                continue
+            s_low = seconds[code, kind] / len(x)
+            nll_low = -per_image[code, kind].mean().item()
+            diff = -(per_image[code, kind] - per_image[old_code, kind])
+            se = diff.std().item() / math.sqrt(len(diff))
+            rows.append(dict(estimate=f"{name}, {code}", old_s_per_image=s_old,
+                             new_s_per_image=s_low, new_nll=nll_low, diff=diff.mean().item(),
+                             diff_se=se))  # fmt: skip
+            lines.append(f"| {name}, {code.removeprefix('new, ')} | {s_old:.3f} | {s_low:.3f} | "
+                         f"{s_old / s_low:.2f} | {nll_old:.2f} | {nll_low:.2f} | "
+                         f"{diff.mean():+.3f} +- {se:.3f} |")  # fmt: skip
     write_table(Path(args.out), lines, rows)
 
 
@@ -117,6 +138,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="old against new estimators")
     parser.add_argument("--pretrained", default="vae-paper", help="--speed: the checkpoint")
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="--speed: the old code")
+    parser.add_argument("--gradient-dtype", help="--speed: also AIS with bfloat16 gradients")
     parser.add_argument("--limit", type=int, default=100, help="first N test images")
     parser.add_argument("--num-samples", type=int, default=5000, help="IW K")
     parser.add_argument("--ais-steps", default="100,1000", help="comma-separated AIS T")

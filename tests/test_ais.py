@@ -211,3 +211,31 @@ def test_evaluate_images_by_ais_is_exact_for_a_pixel_model():
     by_iw = evaluate_images(model, x, num_samples=3, progress=False)
     assert by_ais["exact"] and by_ais["nll"] == pytest.approx(by_iw["nll"], abs=1e-5)
     assert by_ais["nll"] == pytest.approx(-model.log_prob(x).mean().item(), abs=1e-4)
+
+
+def test_low_precision_gradients_keep_the_estimate_exact(lg_data):
+    # bfloat16 leapfrog gradients are only the force field: the trajectory stays volume-
+    # preserving and reversible and the acceptance uses float32 densities, so E[w] = p(x)
+    lg, x = lg_data
+    lg32 = LinearGaussian(d_z=3, d_x=10, s=0.5, seed=0)
+    lg32.W, lg32.b = lg.W.float(), lg.b.float()
+    x = x[:4].float()
+    exact = lg.exact_log_px(x.double())
+
+    def guide32(x):
+        with pyro.plate("data", x.shape[0]):
+            sd = lg.post_cov.diagonal().sqrt().float()
+            loc = lg.post_mean(x.double()).float() + sd
+            pyro.sample("z", dist.Normal(loc, 1.5 * sd).to_event(1))
+
+    full = ais_estimate(lg32.model, guide32, x, 30, 400, num_leapfrog=3, seed=3)
+    low = ais_estimate(lg32.model, guide32, x, 30, 400, num_leapfrog=3, seed=3,
+                       gradient_dtype=torch.bfloat16)  # fmt: skip
+    for est in (full, low):
+        assert est.log_marginal.dtype == torch.float32
+        se = est.log_weight_std.double() / math.sqrt(400)
+        err = (est.log_marginal.double() - exact).abs()
+        assert (err < 4 * se + 0.01).all(), (est.log_marginal, exact)
+    assert (low.acceptance_rate - full.acceptance_rate).abs().max() < 0.05
+    with pytest.raises(ValueError, match="gradient_dtype must be None or a float dtype"):
+        ais_estimate(lg.model, None, x, 5, 2, gradient_dtype=torch.int32)

