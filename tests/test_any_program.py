@@ -42,11 +42,13 @@ def _close_in_the_mean(est, exact, copies, slack=0.02):
     assert (mean.abs() < 4 * se + slack).all(), (mean, se)
 
 
-def _every_estimator(model, guide, x):
+def _every_estimator(model, guide, x, simulate=True):
     yield lambda: log_marginal(model, guide, x, 10)
     yield lambda: importance_estimate(model, guide, x, 10)
     yield lambda: ais_log_marginal(model, guide, x, 5, 2)
     yield lambda: kl_divergence(model, guide, x)
+    if simulate:  # BDMC's forward AIS on data simulated from the model
+        yield lambda: bdmc(model, guide, len(x), 5, 2, x_like=x)
 
 
 # -- 1. the guide samples a site the model observes ----------------------------------------
@@ -55,7 +57,7 @@ def _every_estimator(model, guide, x):
 def test_a_guide_sampling_an_observed_site_is_refused_and_the_conditioned_model_is_exact():
     x = torch.tensor([0.5, 2.0], dtype=F64)
     conditioned = pyro.condition(normal_normal, data={"z": torch.tensor(0.0, dtype=F64)})
-    for run in _every_estimator(conditioned, normal_guide, x):
+    for run in _every_estimator(conditioned, normal_guide, x, simulate=False):
         with pytest.raises(
             ValueError, match="the guide samples site 'z', which the model observes"
         ):
@@ -304,7 +306,7 @@ def test_integer_images_for_a_library_model_are_a_clear_error():
 
     vae = pg.create_model("vae", image_shape=(1, 4, 4), latent_dim=2, hidden_dims=(8,))
     x = (torch.rand(3, 1, 4, 4) < 0.5).long()
-    for run in _every_estimator(vae.model, vae.guide, x):
+    for run in _every_estimator(vae.model, vae.guide, x, simulate=False):
         with pytest.raises(
             ValueError, match="images must be a float tensor, got dtype torch.int64"
         ):

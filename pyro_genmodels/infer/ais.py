@@ -230,8 +230,9 @@ class _Path:
             log_jac = log_jac + self._log_jacobian(name, value, z[name], model_sites[name])
         return self.reduce(log_q), self.reduce(log_p), self.reduce(log_jac)
 
-    def __call__(self, u: dict, values: bool = True) -> _State:
-        """The state at ``u``: its parts and the gradients of log q + J and log p + J.
+    def __call__(self, u: dict, values: bool = True, beta: float | None = None) -> _State:
+        """The state at ``u``: its parts and the gradients of log q + J and log p + J (with
+        ``beta``, both hold the gradient of f_beta: all a step inside a trajectory needs).
 
         With a ``gradient_dtype`` the gradients are computed under autocast to it (the
         leapfrog's force field: any deterministic function of u keeps HMC exact) and the parts
@@ -243,11 +244,14 @@ class _Path:
         else:
             with torch.autocast(self.x.device.type, dtype=self.gradient_dtype):
                 log_q, log_p, log_jac = self.parts(u)
-        names = list(u)
-        grad_q = torch.autograd.grad((log_q + log_jac).sum(), [u[k] for k in names],
-                                     retain_graph=True, allow_unused=True)  # fmt: skip
-        grad_p = torch.autograd.grad((log_p + log_jac).sum(), [u[k] for k in names],
-                                     allow_unused=True)  # fmt: skip
+        names, inputs = list(u), list(u.values())
+        if beta is not None:  # inside a trajectory: the gradient of f_beta alone
+            f = (1 - beta) * log_q + beta * log_p + log_jac
+            grad_q = grad_p = torch.autograd.grad(f.sum(), inputs, allow_unused=True)
+        else:
+            grad_q = torch.autograd.grad((log_q + log_jac).sum(), inputs, retain_graph=True,
+                                         allow_unused=True)  # fmt: skip
+            grad_p = torch.autograd.grad((log_p + log_jac).sum(), inputs, allow_unused=True)
         if self.gradient_dtype is not None:
             if values:
                 with torch.no_grad():
@@ -328,7 +332,8 @@ def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
         last = step == num_leapfrog - 1  # the density only at the end of the trajectory
         u1 = {k: new.u[k] + eps[k] * r[k] for k in r}
         frozen = {k: spread(diverged, k) for k in r}  # diverged chains stop at the start
-        new = path({k: torch.where(frozen[k], state.u[k], u1[k]) for k in u1}, values=last)
+        at = {k: torch.where(frozen[k], state.u[k], u1[k]) for k in u1}
+        new = path(at, values=last, beta=None if last else beta)
         diverged = diverged | ~_finite(path, new, values=last)
         new = state.where(~diverged, new, spread)  # never feed a non-finite state onward
         grad = new.grad(beta)
