@@ -456,8 +456,8 @@ def _ais(model, guide, x, betas, chains, tune, kernel, layout, per_pass, bar, st
             guide_tr, model_tr = _traces(model, guide, x, total if start is None else 1, layout)
         sites = sites or _moved_sites(guide_tr, model_tr, layout)
         path = _Path(model, guide, x, layout, sites, total, kernel["gradient_dtype"])
+        path.cache_guide(guide_tr)  # a one-particle trace's distribution broadcasts
         if start is None:
-            path.cache_guide(guide_tr)
             z0 = {k: model_tr.nodes[k]["value"].detach() for k in sites}
         else:
             z0 = {k: start[k].unsqueeze(0).expand(total, *start[k].shape) for k in sites}
