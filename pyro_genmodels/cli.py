@@ -260,7 +260,7 @@ def _add_evaluate(sub) -> None:
         help="iw: importance sampling from q(z|x) with K = --num-samples (default); ais: "
         "annealed importance sampling from q(z|x) to the posterior with HMC moves",
     )
-    _add_ais_options(p)
+    _add_ais_options(p, with_gradient_dtype=True)
     p.add_argument("--split", choices=SPLITS, default="test", help="data split (test)")
     p.add_argument("--limit", type=_positive, help="evaluate the first N examples of the split")
     p.add_argument("--json", help="write the results as JSON to this file")
@@ -354,6 +354,7 @@ def cmd_evaluate(args) -> int:
         ais_steps=args.ais_steps,
         ais_chains=args.ais_chains,
         devices=args.devices,
+        ais_gradient_dtype=args.ais_gradient_dtype,
     )
     if result is None:
         return 0  # another process of a distributed evaluation: rank 0 reports
@@ -362,9 +363,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _add_ais_options(p) -> None:
+def _add_ais_options(p, with_gradient_dtype: bool = False) -> None:
     p.add_argument("--ais-steps", type=_positive, default=1000, help="AIS temperatures T (1000)")
     p.add_argument("--ais-chains", type=_positive, default=16, help="AIS chains per image (16)")
+    if with_gradient_dtype:
+        p.add_argument(
+            "--ais-gradient-dtype", choices=("bfloat16", "float16"), default=None,
+            help="compute AIS's leapfrog gradients in this dtype (densities and acceptance stay "
+            "in full precision, so the estimate is as exact; bfloat16 is 2x faster on CPUs with "
+            "AVX512-BF16 and on GPUs); default: full precision",
+        )  # fmt: skip
 
 
 def _write_json(result: dict, path: Path | None) -> None:

@@ -267,6 +267,7 @@ def evaluate_batch(
     ais_chains: int = 16,
     seed: int = 0,
     example_offset: int = 0,
+    ais_gradient_dtype: str | None = None,
 ) -> dict:
     """Per-image estimates for batch number ``index`` of an evaluation, drawn from the
     batch's own random stream (``seed``, ``index``); tensors on the CPU."""
@@ -277,8 +278,9 @@ def evaluate_batch(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(_batch_seed(seed, index))
         if method == "ais":
+            low = getattr(torch, ais_gradient_dtype) if ais_gradient_dtype else None
             est = ais_estimate(module.model, module.guide, xb, ais_steps, ais_chains, seed=seed,
-                               example_offset=example_offset)  # fmt: skip
+                               example_offset=example_offset, gradient_dtype=low)  # fmt: skip
             elbo = log_importance_weights(module.model, module.guide, xb, 10).mean(0)
             khat = torch.full_like(est.log_marginal, float("nan"))
             out["accept"] = est.acceptance_rate.cpu()
@@ -313,11 +315,14 @@ def evaluate_images(
     ais_steps: int = 1000,
     ais_chains: int = 16,
     seed: int = 0,
+    ais_gradient_dtype: str | None = None,
 ) -> dict:
     """Evaluation of ``module`` on images ``x`` ``(N, C, H, W)``: log p(x) by importance
     sampling (``method="iw"``, K = ``num_samples``) or by annealed importance sampling
     (``method="ais"``, ``ais_steps`` temperatures, ``ais_chains`` chains; the ELBO and KL then
-    come from 10 importance samples and there is no Pareto k). Batch ``b`` (images
+    come from 10 importance samples and there is no Pareto k; ``ais_gradient_dtype``, e.g.
+    ``"bfloat16"``, computes the leapfrog gradients in it: see
+    :func:`~pyro_genmodels.infer.ais_estimate`). Batch ``b`` (images
     ``b * batch_size`` onwards) draws from its own stream, seeded by (``seed``, ``b``).
 
     :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
@@ -326,10 +331,10 @@ def evaluate_images(
         (real latents: dimensions whose q(z|x) mean has variance > 0.01 over ``x``) and, if
         ``prior_samples``, the naive prior-sampling estimate ``prior_nll``.
     """
-    settings = _evaluation_settings(module, x, method, batch_size)
+    settings = _evaluation_settings(module, x, method, batch_size, ais_gradient_dtype)
     kwargs = dict(method=method, num_samples=num_samples, chunk_size=chunk_size,
                   prior_samples=prior_samples, ais_steps=ais_steps, ais_chains=ais_chains,
-                  seed=seed)  # fmt: skip
+                  seed=seed, ais_gradient_dtype=ais_gradient_dtype)  # fmt: skip
     start = time.perf_counter()
     batches = [
         evaluate_batch(module, x[i : i + settings], i // settings, example_offset=i, **kwargs)
@@ -338,12 +343,19 @@ def evaluate_images(
     return summarize_evaluation(module, batches, time.perf_counter() - start, **kwargs)
 
 
-def _evaluation_settings(module, x, method: str, batch_size: int | None) -> int:
+#: the dtypes AIS may compute its leapfrog gradients in (``evaluate --ais-gradient-dtype``)
+AIS_GRADIENT_DTYPES = ("bfloat16", "float16")
+
+
+def _evaluation_settings(module, x, method: str, batch_size, gradient_dtype=None) -> int:
     """Check the request; returns the batch size."""
     if len(x) == 0:
         raise ValueError("no images to evaluate")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if gradient_dtype not in (None, *AIS_GRADIENT_DTYPES):
+        valid = ", ".join(AIS_GRADIENT_DTYPES)
+        raise ValueError(f"unknown AIS gradient dtype {gradient_dtype!r}; valid: {valid}")
     return batch_size or max(1, min(len(x), module.eval_batch_size))
 
 
@@ -384,7 +396,8 @@ def summarize_evaluation(module, batches: list[dict], seconds: float, **kwargs) 
         "seconds": seconds,
     }
     if method == "ais":
-        result.update(ais_steps=int(kwargs["ais_steps"]), ais_chains=int(ais_chains))
+        result.update(ais_steps=int(kwargs["ais_steps"]), ais_chains=int(ais_chains),
+                      ais_gradient_dtype=kwargs.get("ais_gradient_dtype") or "full")  # fmt: skip
         result["acceptance_rate"] = _nanmean(cat("accept").double()) if has_latent else float("nan")
     codes = cat("codes")
     if codes is not None and n > 1:
@@ -429,7 +442,8 @@ def evaluate_images_distributed(
         release_process_group,
     )
 
-    size = _evaluation_settings(module, x, kwargs.get("method", "iw"), batch_size)
+    size = _evaluation_settings(module, x, kwargs.get("method", "iw"), batch_size,
+                                kwargs.get("ais_gradient_dtype"))  # fmt: skip
     kwargs = {**_EVAL_DEFAULTS, **kwargs}
     batches = [(i // size, i, x[i : i + size]) for i in range(0, len(x), size)]
     with quiet_lightning():
@@ -454,7 +468,7 @@ def evaluate_images_distributed(
 
 
 _EVAL_DEFAULTS = dict(method="iw", num_samples=5000, chunk_size=None, prior_samples=0,
-                      ais_steps=1000, ais_chains=16, seed=0)  # fmt: skip
+                      ais_steps=1000, ais_chains=16, seed=0, ais_gradient_dtype=None)  # fmt: skip
 
 
 def evaluate_run(
@@ -474,6 +488,7 @@ def evaluate_run(
     ais_steps: int = 1000,
     ais_chains: int = 16,
     devices: int = 1,
+    ais_gradient_dtype: str | None = None,
 ) -> dict | None:
     """Evaluate a run on a split of its data set; see :func:`evaluate_images`.
 
@@ -498,7 +513,7 @@ def evaluate_run(
     data = run.dataset(split, dataset, data_dir, limit)
     kwargs = dict(method=method, num_samples=num_samples, chunk_size=None,
                   prior_samples=prior_samples, ais_steps=ais_steps, ais_chains=ais_chains,
-                  seed=seed)  # fmt: skip
+                  seed=seed, ais_gradient_dtype=ais_gradient_dtype)  # fmt: skip
     if devices > 1:
         result = evaluate_images_distributed(
             run.module, data.fixed(), devices, accelerator, batch_size=batch_size,

@@ -242,6 +242,12 @@ def test_evaluate_by_ais_and_bdmc(trained_run, tmp_path, capsys):
     r = json.loads(report.read_text())
     assert r["method"] == "ais" and r["ais_steps"] == 20 and r["ais_chains"] == 3
     assert 0 < r["acceptance_rate"] <= 1 and r["nll"] > 0 and "AIS, T=20" in out
+    assert r["ais_gradient_dtype"] == "full"
+    low = tmp_path / "ais-bf16.json"
+    code, out, err = run(capsys, "evaluate", trained_run, *ais, "--limit", 6, "--json", low,
+                         "--no-progress", "--ais-gradient-dtype", "bfloat16")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(low.read_text())["ais_gradient_dtype"] == "bfloat16"
     iw = tmp_path / "iw.json"
     assert run(capsys, "evaluate", trained_run, "--limit", 6, "--num-samples", 50,
                "--json", iw, "--no-progress")[0] == 0  # fmt: skip
