@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 
 import torch
-from _common import BASELINE_REV, ROOT, baseline_infer, binarized_mnist, machine, write_table
+from _common import (
+    BASELINE_REV,
+    ROOT,
+    baseline_infer,
+    binarized_mnist,
+    machine,
+    matmul_gflops,
+    write_table,
+)
+from iw_throughput import decoder_flops
 
 import pyro_genmodels as pg
 from pyro_genmodels.distributions import likelihoods
@@ -111,22 +120,17 @@ def link_pythae(venv: Path) -> None:
     print(f"linked {site} to {ours} and {ROOT}")
 
 
-def _ours(fn, vae, x, k, batch, repeats=1) -> tuple[float, float]:
-    """Best of ``repeats`` seconds, and the NLL."""
-    times = []
-    for _ in range(repeats):
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        lm = torch.cat([fn(vae.model, vae.guide, xb, k) for xb in x.split(batch)])
-        times.append(time.perf_counter() - start)
-    return min(times), -lm.double().mean().item()
+def _ours(fn, vae, x, k, batch) -> tuple[float, float]:
+    """Seconds, and the NLL."""
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    lm = torch.cat([fn(vae.model, vae.guide, xb, k) for xb in x.split(batch)])
+    return time.perf_counter() - start, -lm.double().mean().item()
 
 
 def _decoder_rate(vae, x, k, batch) -> tuple[float, float]:
     """Seconds and GFLOP/s of the decoder alone on k latents per image, in the chunks the
     estimator uses."""
-    sizes = [50, 200, 200, 784]
-    flops_per_z = 2 * sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
     chunk = max(1, CPU_CHUNK_BYTES // (8 * 4 * batch * 784))
     z = torch.randn(chunk, batch, 50)
     passes = len(x) // batch * -(-k // chunk)
@@ -136,20 +140,7 @@ def _decoder_rate(vae, x, k, batch) -> tuple[float, float]:
         for _ in range(passes):
             vae.decoder(z)
         seconds = time.perf_counter() - start
-    return seconds, passes * chunk * batch * flops_per_z / seconds / 1e9
-
-
-def _matmul_rate(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_time(lambda: a @ b) for _ in range(10))
-    return 2 * n**3 / best / 1e9
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return seconds, passes * chunk * batch * decoder_flops(vae.decoder) / seconds / 1e9
 
 
 def main() -> None:
@@ -189,7 +180,7 @@ def main() -> None:
             for name, fn, context in ((names[0], log_marginal, contextlib.nullcontext),
                                       (names[1], old.log_marginal, torch_bernoulli)):  # fmt: skip
                 with context():
-                    seconds, nlls[name] = _ours(fn, vae, x, k, args.batch, 1)
+                    seconds, nlls[name] = _ours(fn, vae, x, k, args.batch)
                 times.setdefault(name, []).append(seconds)
             done = subprocess.run([args.pythae_python, "-c", script], capture_output=True,
                                   text=True)  # fmt: skip
@@ -203,7 +194,7 @@ def main() -> None:
     rows = [dict(code=n, seconds=min(t), median=sorted(t)[len(t) // 2], nll=nlls[n])
             for n, t in times.items()]  # fmt: skip
     dec_seconds, dec_rate = _decoder_rate(vae, x, k, args.batch)
-    peak = _matmul_rate()
+    peak = matmul_gflops(torch.device("cpu"))
     ours = rows[0]["seconds"]
     lines = [
         f"log p(x) by importance sampling, K = {k}, {len(x)} {source} test images, "

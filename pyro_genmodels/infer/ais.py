@@ -168,7 +168,7 @@ class _Path:
         self.model, self.guide, self.x, self.layout = model, guide, x, layout
         self.sites, self.chains = sites, chains
         self.gradient_dtype = gradient_dtype
-        self.cached_q = None  # (name, fn, mask) of a one-site guide
+        self.cached_q = None  # (name, site) of a one-site guide, its fn traced once
 
     def cache_guide(self, guide_tr) -> None:
         """Keep the guide's distribution when it has one site (it depends on x alone)."""
@@ -310,9 +310,8 @@ class _State:
 
 def _finite(path: _Path, state: _State, values: bool = True) -> torch.Tensor:
     """``(C, N)``: whether a chain's position and gradients (and density) are all finite."""
-    ok = torch.isfinite(state.log_q + state.log_p + state.log_jac)
-    if not values:
-        ok = torch.ones_like(ok)
+    total = state.log_q + state.log_p + state.log_jac
+    ok = torch.isfinite(total) if values else torch.ones_like(total, dtype=torch.bool)
     for k, value in state.u.items():
         for t in (value, state.grad_q[k], state.grad_p[k]):
             ok = ok & (path.per_chain(k, (~torch.isfinite(t)).to(value.dtype)) == 0)
