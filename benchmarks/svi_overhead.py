@@ -3,7 +3,7 @@
 Times one training step of the library's VAE three ways over the *same* encoder,
 posterior and decoder modules and the same batches:
 
-* **Lightning**: the library's training loop (``Trainer`` -> ``lightning.pytorch.Trainer``
+* **Lightning**: the library's training loop (``fit`` -> ``lightning.pytorch.Trainer``
   over :class:`~pyro_genmodels.infer.lightning.SVIModule`): the interval between
   consecutive ``on_train_batch_end`` hooks, so the loop's own work (data fetching, hooks,
   logging, optimizer plumbing) is inside it;
@@ -47,8 +47,7 @@ from _common import ROOT, binarized_mnist, data_dir, machine, sync
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 import pyro_genmodels as pg
-from pyro_genmodels.infer import TrainConfig, Trainer, make_elbo, resolve_device
-from pyro_genmodels.infer.train import quiet_lightning
+from pyro_genmodels.infer import TrainConfig, fit, make_elbo, resolve_device, train
 
 
 def handwritten_step(vae, optimizer, x: torch.Tensor, analytic_kl: bool) -> float:
@@ -79,21 +78,24 @@ class _StepTimes(pl.Callback):
         self.last = now
 
 
-def lightning_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor) -> list:
+def lightning_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor,
+                    jit: bool = False) -> list:  # fmt: skip
     """Per-step times of the library's Lightning loop over the first ``steps`` batches."""
-    config = TrainConfig(objective=objective, batch_size=batch, epochs=1, progress=False)
-    trainer = Trainer(vae, config)
+    config = TrainConfig(objective=objective, batch_size=batch, epochs=1, progress=False,
+                         jit=jit)  # fmt: skip
     clock = _StepTimes()
-    real = trainer._lightning_trainer
+    real = train._trainer
 
-    def with_clock(max_epochs):
-        pl_trainer = real(max_epochs)
+    def with_clock(*args, **kwargs):
+        pl_trainer = real(*args, **kwargs)
         pl_trainer.callbacks.append(clock)
         return pl_trainer
 
-    trainer._lightning_trainer = with_clock
-    with quiet_lightning():
-        trainer.fit(data[: batch * steps])
+    train._trainer = with_clock
+    try:
+        fit(vae, data[: batch * steps], config=config)
+    finally:
+        train._trainer = real
     return clock.times[10:]  # the first steps warm up
 
 

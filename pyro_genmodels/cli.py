@@ -122,7 +122,7 @@ def _add_train(sub) -> None:
         p.add_argument_group("training"),
         {"train": TrainConfig},
         TRAIN_DEST,
-        aliases={"epochs": ["--max-epochs"]},
+        aliases={"epochs": ["--max-epochs"], "accelerator": ["--device"]},
     )
     add_config_arguments(
         p.add_argument_group("model (keys of each model's config)"),
@@ -164,13 +164,54 @@ def _model_config(args) -> dict:
 
 
 def _print_epoch(row: dict) -> None:
+    from tqdm import tqdm
+
     parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.3f}"]
     if "valid_elbo" in row:
         parts.append(f"valid ELBO {row['valid_elbo']:.3f}")
     if row.get("valid_kl") == row.get("valid_kl") and "valid_kl" in row:
         parts.append(f"KL {row['valid_kl']:.2f}")
     parts.append(f"{row['seconds']:.1f}s")
-    print("  ".join(parts), flush=True)
+    tqdm.write("  ".join(parts), file=sys.stdout)  # above the progress bar, not through it
+
+
+#: settings for ``--dataset digits`` where neither the command line nor a recipe gives
+#: them: scikit-learn's 1797 8x8 digits need a small latent (with the defaults, latent 50
+#: and 10 epochs, the posterior collapses to 0 active units; these are the demo's settings)
+DATASET_DEFAULTS = {
+    "digits": {
+        "model": {"latent_dim": 8, "hidden_dims": (256, 128)},
+        "train": {"batch_size": 64, "epochs": 100},
+    }
+}
+
+
+def _report(out: str, metrics: list[dict], stop: str) -> None:
+    """What the run did: the best epoch, the stop reason, collapse, the next commands."""
+    from .runs import active_units, load_run
+
+    best = max((r for r in metrics if "valid_elbo" in r), key=lambda r: r["valid_elbo"],
+               default=None)  # fmt: skip
+    print(f"stopped: {stop}")
+    if best is not None:
+        line = f"best epoch {best['epoch']}: valid ELBO {best['valid_elbo']:.3f}"
+        kl = best.get("valid_kl", float("nan"))
+        units = active_units(load_run(out, which="best"))
+        if kl == kl:
+            line += f", KL {kl:.2f} nats"
+        if units is not None:
+            line += f", {units[0]} of {units[1]} active units"
+        print(line + " (best.pt)")
+        if kl == kl and (kl < 0.5 or (units is not None and units[0] == 0)):
+            print(
+                f"pyro-genmodels: warning: posterior collapse: the latent carries {kl:.2f} "
+                f"nats{'' if units is None else f' in {units[0]} active units'}, so samples "
+                "ignore it; try --free-bits 0.5, --anneal-epochs 10, a smaller decoder "
+                "(--hidden-dims) or a smaller --latent-dim",
+                file=sys.stderr,
+            )
+    print(f"next: pyro-genmodels evaluate {out} --num-samples 1000\n"
+          f"      pyro-genmodels sample {out} --num 64 --out samples.png")  # fmt: skip
 
 
 def _recipe(args):
@@ -212,10 +253,18 @@ def cmd_train(args) -> int:
         train_config = {**recipe.train, **train_config}
         model_config = merge(recipe.model_config, model_config)
         binarization = binarization or recipe.binarization
+    elif not args.resume and dataset in DATASET_DEFAULTS:
+        defaults = DATASET_DEFAULTS[dataset]
+        keys = config_keys(model_name)
+        model_config = {**{k: v for k, v in defaults["model"].items() if k in keys},
+                        **model_config}  # fmt: skip
+        train_config = {**defaults["train"], **train_config}
     if "guide_options" in model_config and not args.resume:
         if "guide_options" not in config_keys(model_name):
             names = ", ".join(sorted(model_config["guide_options"]))
             raise ValueError(f"{names}: guide options, but model {model_name!r} has no guide")
+    if args.resume and _nothing_to_do(args.out, train_config):
+        return 0
     _, metrics = train_run(
         model_name,
         dataset,
@@ -232,14 +281,32 @@ def cmd_train(args) -> int:
     )
     if not _rank_zero():
         return 0  # the other processes of a distributed run print nothing
-    if metrics and metrics[-1].get("stopped_early"):
-        last = metrics[-1]
-        print(
-            f"stopped early after epoch {last['epoch']}: no better validation ELBO in "
-            f"{last['epochs_since_best']} epochs; best.pt is epoch {last['best_epoch']}"
-        )
-    print(f"trained {metrics[-1]['epoch'] if metrics else 0} epochs; run directory: {args.out}")
+    last = metrics[-1]
+    if last.get("stopped_early"):
+        stop = (f"early stopping after epoch {last['epoch']} (no better validation ELBO in "
+                f"{last['epochs_since_best']} epochs)")  # fmt: skip
+    else:
+        stop = f"the last epoch ({last['epoch']}) was reached"
+    _report(args.out, metrics, stop)
     return 0
+
+
+def _nothing_to_do(out: str, train_config: dict) -> bool:
+    """With ``--resume`` on a finished run, say so (True) instead of training."""
+    from .infer import load_checkpoint
+    from .runs import CHECKPOINT_NAME
+
+    ckpt = load_checkpoint(Path(out) / CHECKPOINT_NAME)
+    last = ckpt["metrics"][-1] if ckpt["metrics"] else {"epoch": 0}
+    epochs = train_config.get("epochs", ckpt["train_config"]["epochs"])
+    if last.get("stopped_early"):
+        print(f"{out} stopped early after epoch {last['epoch']}: nothing to do")
+        return True
+    if last["epoch"] >= epochs:
+        print(f"{out} has trained {last['epoch']} of {epochs} epochs: nothing to do "
+              "(raise --epochs to train further)")  # fmt: skip
+        return True
+    return False
 
 
 def _add_evaluate(sub) -> None:

@@ -23,9 +23,9 @@ from .distributions import LIKELIHOODS
 from .infer import (
     CheckpointError,
     TrainConfig,
-    Trainer,
     ais_estimate,
     bdmc,
+    fit,
     importance_estimate,
     kl_divergence,
     load_checkpoint,
@@ -33,14 +33,14 @@ from .infer import (
     prior_log_marginal,
     resolve_device,
 )
-from .infer.train import BEST_NAME, CHECKPOINT_NAME
+from .infer.train import BEST_NAME, CHECKPOINT_NAME, resumable
 from .models import family_options
 from .registry import create_model, make_config, model_from_config
 
 #: training settings that ``resume`` may change; the rest come from the checkpoint
 RESUMABLE = (
-    "epochs", "patience", "device", "progress", "accelerator", "devices", "num_nodes", "strategy",
-    "precision", "logger", "compile",
+    "epochs", "patience", "progress", "accelerator", "devices", "num_nodes", "strategy",
+    "precision", "logger", "compile", "validate",
 )  # fmt: skip
 #: guide options that checkpoints of version 0.1.0 hold flat in the model config
 _FLAT_GUIDE_OPTIONS = (
@@ -75,6 +75,10 @@ def _resumed_train_config(saved: dict, train_config: TrainConfig | dict | None) 
                 f"resume continues the checkpoint's training settings; only "
                 f"{', '.join(RESUMABLE)} may change (got {', '.join(fixed)})"
             )
+    saved = dict(saved)
+    device = saved.pop("device", "auto")  # format 1: --device, now --accelerator's alias
+    if saved.get("accelerator", "auto") == "auto" and device != "auto":
+        saved["accelerator"] = device
     return TrainConfig(**{**saved, **changes})
 
 
@@ -110,7 +114,7 @@ def train_run(
                 f"resume rebuilds the model from {ckpt_path}; drop the model settings "
                 f"({', '.join(sorted(model_config))})"
             )
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(resumable(out))
         meta = ckpt["metadata"]
         train_config = _resumed_train_config(ckpt["train_config"], train_config)
         model_name, model_config = meta["model"], upgrade_model_config(meta["model_config"])
@@ -157,8 +161,8 @@ def train_run(
         "version": __version__,
         "preset": preset,
     }
-    trainer = Trainer(module, train_config, out, metadata)
-    metrics = trainer.fit(train, valid.fixed(), resume=resume, on_epoch_end=on_epoch_end)
+    metrics = fit(module, train, valid.fixed(), train_config, out, metadata, resume=resume,
+                  on_epoch_end=on_epoch_end)  # fmt: skip
     return module, metrics
 
 
@@ -227,6 +231,18 @@ def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> R
         ) from e
     module.to(device).eval()
     return Run(module, meta, ckpt, run_dir)
+
+
+def active_units(run: Run, limit: int = 2000) -> tuple[int, int] | None:
+    """``(active, total)`` latent dimensions over the first ``limit`` validation images:
+    those whose q(z|x) mean varies by more than 0.01 (Burda et al.); None for a model
+    without codes."""
+    module = run.module
+    if not hasattr(module, "encode"):
+        return None
+    x = run.dataset("valid", limit=limit).fixed().to(module.device)
+    codes = torch.cat([module.encode(b) for b in x.split(500)])
+    return int((codes.var(0) > 0.01).sum()), codes.shape[-1]
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -433,14 +449,11 @@ def evaluate_images_distributed(
     which returns the summary (the other processes return None). Each batch draws from
     its own stream, so every image gets the same estimate as in one process."""
     import lightning.pytorch as pl
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
     from torch.utils.data import DataLoader
 
-    from .infer.lightning import (
-        BatchEvaluator,
-        StridedSampler,
-        quiet_lightning,
-        release_process_group,
-    )
+    from .infer.distributed import BatchEvaluator, release_process_group
+    from .infer.train import quiet_lightning
 
     size = _evaluation_settings(module, x, kwargs.get("method", "iw"), batch_size,
                                 kwargs.get("ais_gradient_dtype"))  # fmt: skip
@@ -453,8 +466,9 @@ def evaluate_images_distributed(
             enable_progress_bar=progress, use_distributed_sampler=False, inference_mode=False,
         )  # fmt: skip
         loader = DataLoader(
-            batches, sampler=StridedSampler(len(batches), trainer.global_rank, trainer.world_size),
-            batch_size=None, collate_fn=lambda b: b,
+            batches, batch_size=None, collate_fn=lambda b: b,
+            sampler=UnrepeatedDistributedSampler(batches, trainer.world_size, trainer.global_rank,
+                                                 shuffle=False),
         )  # fmt: skip
         evaluator = BatchEvaluator(
             module, lambda net, b: evaluate_batch(net, b[2], b[0], example_offset=b[1], **kwargs)

@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 
+import pyro
 import pytest
 import torch
+from pyro import poutine
 from test_cli import assert_one_line_error, run
 
 import pyro_genmodels as pg
-from pyro_genmodels.infer import TrainConfig, Trainer, load_checkpoint
+from pyro_genmodels.infer import TrainConfig, fit, kl_weight, load_checkpoint
+from pyro_genmodels.infer.lightning import SVIModule
 
 SMALL = ["--model", "vae", "--dataset", "digits", "--latent-dim", "4", "--hidden-dims", "32,16",
          "--no-progress", "--limit", "600"]  # fmt: skip
@@ -37,13 +40,13 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     b = cli("train", *SMALL, "--epochs", 3, "--batch-size", 32, "--devices", 2, "--strategy",
             "ddp", "--accelerator", "cpu", "--out", two)  # fmt: skip
     assert b.returncode == 0, b.stderr
-    assert b.stdout.count("trained 3 epochs") == 1  # rank 0 reports, once
+    assert b.stdout.count("stopped: the last epoch (3) was reached") == 1  # rank 0, once
     single, ddp = rows(one), rows(two)
     assert [r["epoch"] for r in ddp] == [1, 2, 3]  # one row per epoch, not one per rank
     # the same global batch (2 x 32 = 64): the validation ELBO follows the same path; the
     # runs differ only in the order of the images and the noise (measured gap < 0.15 nats)
     for s, d in zip(single, ddp, strict=True):
-        assert abs(s["valid_elbo"] - d["valid_elbo"]) < 1.0, (s, d)
+        assert abs(s["valid_elbo"] - d["valid_elbo"]) < 0.3, (s, d)
     assert ddp[-1]["valid_elbo"] > ddp[0]["valid_elbo"] + 1  # and it trains
     # a DDP checkpoint is an ordinary one: a single-process evaluate reads it
     ev = cli("evaluate", two, "--num-samples", 20, "--json", tmp_path / "e.json", "--no-progress")
@@ -102,15 +105,48 @@ def _tiny(**config):
     return pg.create_model("vae", **config), torch.bernoulli(torch.full((48, 1, 4, 4), 0.4))
 
 
+def _traces(vae, x, seed):
+    """The guide's draw and the model replayed on it, as a Trace_ELBO particle sees them."""
+    pyro.set_rng_seed(seed)
+    guide = poutine.trace(vae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    return guide, model
+
+
+def _by_hand(objective, vae, x, seed, weight=1.0, floor=0.0):
+    """The negative bound per image from the sites' densities (diagonal Normal q(z|x))."""
+    guide, model = _traces(vae, x, seed)
+    recon = model.nodes["x"]["fn"].log_prob(x).sum()
+    q, z = guide.nodes["z"]["fn"], guide.nodes["z"]["value"]
+    if objective == "free-bits":  # sum_j max(floor, batch mean of KL_j), times the batch size
+        loc, scale = q.base_dist.loc, q.base_dist.scale
+        kl = 0.5 * (loc**2 + scale**2 - 1) - scale.log()
+        return (-recon + kl.mean(0).clamp(min=floor).sum() * len(x)) / len(x)
+    log_q, log_p = q.log_prob(z).sum(), model.nodes["z"]["fn"].log_prob(z).sum()
+    return (-recon + weight * (log_q - log_p)) / len(x)
+
+
+def _pyro_reference(objective, n):
+    return {
+        "elbo": lambda: pyro.infer.Trace_ELBO(),
+        "meanfield": lambda: pyro.infer.TraceMeanField_ELBO(),
+        "iwae": lambda: pyro.infer.RenyiELBO(  # (a guessed plate nesting would draw from the RNG)
+            alpha=0, num_particles=n, vectorize_particles=True, max_plate_nesting=1
+        ),
+        "enum": lambda: pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
+    }[objective]()
+
+
 @pytest.mark.parametrize(
-    "model_config, train_config",
+    "model_config, train_config, objective",
     [
-        ({}, {"objective": "elbo"}),
-        ({}, {"objective": "meanfield"}),
-        ({}, {"objective": "iwae", "num_particles": 3}),
-        ({"guide": "gmvae", "prior_components": 3}, {"objective": "enum"}),
-        ({}, {"free_bits": 0.5}),
-        ({}, {"beta": 4.0, "anneal_epochs": 1.0}),
+        ({}, {"objective": "elbo"}, "elbo"),
+        ({}, {"objective": "meanfield"}, "meanfield"),
+        ({}, {"objective": "iwae", "num_particles": 3}, "iwae"),
+        ({"guide": "gmvae", "prior_components": 3}, {}, "enum"),
+        ({}, {"free_bits": 0.5}, "free-bits"),
+        ({}, {"objective": "free-bits", "free_bits": 2.0}, "free-bits"),
+        ({}, {"beta": 4.0, "anneal_epochs": 1.0}, "elbo"),
         (
             {
                 "guide": "categorical",
@@ -118,29 +154,61 @@ def _tiny(**config):
                 "guide_options": {"num_classes": 4, "temperature": 0.7},
             },
             {},
+            "meanfield",
         ),
     ],  # fmt: skip
 )
-def test_every_objective_trains_through_the_lightning_module(model_config, train_config):
-    vae, data = _tiny(**model_config)
-    before = {k: v.clone() for k, v in vae.state_dict().items()}
-    config = TrainConfig(epochs=1, batch_size=16, progress=False, **train_config)
-    trainer = Trainer(vae, config)
-    metrics = trainer.fit(data, data[:16])
-    assert trainer.step == 3 and len(metrics) == 1
-    assert torch.isfinite(torch.tensor([metrics[0]["train_loss"], metrics[0]["valid_elbo"]])).all()
-    changed = [k for k, v in vae.state_dict().items() if not torch.equal(v, before[k])]
-    assert changed and not vae.training
+def test_each_objective_is_its_reference_loss_and_training_lowers_it(
+    model_config, train_config, objective
+):
+    """The module's loss equals Pyro's ELBO (or the bound by hand) on the same draws, with
+    the KL weight of the step; a few epochs on a fixed batch lower it."""
+    vae, _ = _tiny(**model_config)
+    data = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5)).repeat(16, 1, 1, 1)  # 3 patterns
+    x = data[:16]
+    config = TrainConfig(epochs=30, batch_size=16, lr=1e-2, progress=False, **train_config)
+    svi = SVIModule(vae, config)
+    assert svi.objective == objective
+
+    def loss(weight=1.0):
+        pyro.set_rng_seed(7)
+        return svi.loss(x, weight).item()
+
+    pyro.set_rng_seed(7)
+    if objective == "free-bits":
+        expected = _by_hand(objective, vae, x, 7, floor=config.free_bits).item()
+    else:
+        expected = _pyro_reference(objective, config.num_particles).loss(vae.model, vae.guide, x)
+        expected /= len(x)
+    assert loss() == pytest.approx(expected, rel=1e-5)
+    if config.beta != 1.0:  # the annealed KL weight of step 0 (of 3 in the first epoch)
+        weight = kl_weight(config, 0, 3)
+        assert weight == pytest.approx(4.0 / 3)
+        assert loss(weight) == pytest.approx(_by_hand("elbo", vae, x, 7, weight).item(), rel=1e-5)
+    before = loss()
+    metrics = fit(vae, data, data[:16], config)
+    assert [m["objective"] for m in metrics] == [objective] * 30
+    assert metrics[-1]["steps"] == 90 and not vae.training
+    assert loss() < before - 1.0, (before, loss())
+
+
+def test_free_bits_is_refused_where_it_cannot_replace_the_objective():
+    gmvae, _ = _tiny(guide="gmvae", prior_components=3)
+    with pytest.raises(ValueError, match="objective 'free-bits' cannot sum it out"):
+        SVIModule(gmvae, TrainConfig(free_bits=0.5))
+    with pytest.raises(ValueError, match="free_bits > 0 is the free-bits objective"):
+        TrainConfig(objective="meanfield", free_bits=0.5)
+    with pytest.raises(ValueError, match="the free-bits objective needs free_bits > 0"):
+        TrainConfig(objective="free-bits")
 
 
 def test_annealing_reaches_beta_at_the_configured_epoch():
     vae, data = _tiny()
     config = TrainConfig(epochs=4, batch_size=16, beta=0.5, anneal_epochs=2, progress=False)
-    trainer = Trainer(vae, config)
-    metrics = trainer.fit(data)
+    metrics = fit(vae, data, config=config)
     # 3 steps per epoch: the weight after each epoch's last step
     assert [m["kl_weight"] for m in metrics] == pytest.approx([0.25, 0.5, 0.5, 0.5])
-    assert trainer.kl_weight(0, 3) == pytest.approx(0.5 / 6)
+    assert kl_weight(config, 0, 3) == pytest.approx(0.5 / 6)
 
 
 @pytest.mark.parametrize(
@@ -148,13 +216,11 @@ def test_annealing_reaches_beta_at_the_configured_epoch():
     [
         (["--devices", 0], "devices must be a positive integer, got 0"),
         (["--strategy", "ddpp"], "unknown strategy 'ddpp'; valid: auto, ddp"),
-        (["--accelerator", "gpu"], "--accelerator gpu was requested but no CUDA device"),
+        (["--accelerator", "gpu"], "--accelerator gpu was requested but CUDA is not available"),
+        (["--device", "cuda"], "--accelerator cuda was requested but CUDA is not available"),
+        (["--strategy", "ddp_spawn"], "strategy 'ddp_spawn' trains in child processes whose"),
         (["--precision", "8"], "invalid choice: '8'"),
         (["--logger", "wandb"], "invalid choice: 'wandb'"),
-        (
-            ["--device", "cpu", "--accelerator", "gpu"],
-            "--device cpu and --accelerator gpu disagree",
-        ),
     ],
 )
 def test_bad_distributed_options_are_one_line_errors(

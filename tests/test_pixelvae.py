@@ -9,7 +9,15 @@ import torch
 
 import pyro_genmodels as pg
 from pyro_genmodels import plots
-from pyro_genmodels.infer import FreeBitsELBO, fit, kl_divergence, log_marginal, make_elbo
+from pyro_genmodels.infer import (
+    FreeBitsELBO,
+    TrainConfig,
+    fit,
+    kl_divergence,
+    log_marginal,
+    make_elbo,
+)
+from pyro_genmodels.infer.lightning import SVIModule
 from pyro_genmodels.runs import evaluate_images
 from pyro_genmodels.transfer import labeled_subset, transfer_experiment
 
@@ -77,18 +85,31 @@ def test_free_bits_replaces_the_kl_term(digits_binary):
     assert loss(FreeBitsELBO(50.0)) - meanfield == pytest.approx(16 * 3 * 50 - kl, rel=1e-5)
     metrics = fit(vae, x, x, epochs=1, batch_size=8, progress=False, free_bits=0.5)
     assert math.isfinite(metrics[0]["valid_kl"])
-    with pytest.raises(ValueError, match="free bits"):
+    with pytest.raises(ValueError, match="free_bits > 0 is the free-bits objective"):
         fit(vae, x, None, epochs=1, progress=False, free_bits=0.5, objective="iwae")
 
 
 def test_pixelvae_trains_and_evaluates(digits_binary):
+    """The PixelVAE's training loss is Pyro's Trace_ELBO on the same draws; training lowers
+    it on a fixed batch; the evaluation's KL is the analytic one."""
     vae = pg.create_model("pixelvae", image_shape=(1, 8, 8), latent_dim=4, hidden_dims=(32,),
                           hidden_channels=8, num_layers=2, context="map")  # fmt: skip
     x = digits_binary[:128]
-    metrics = fit(vae, x, x[:32], epochs=2, batch_size=32, progress=False, anneal_epochs=1)
-    assert metrics[-1]["valid_kl"] >= 0
+    svi = SVIModule(vae, TrainConfig())
+
+    def loss():
+        pyro.set_rng_seed(2)
+        return svi.loss(x[:32]).item()
+
+    pyro.set_rng_seed(2)
+    expected = pyro.infer.Trace_ELBO(max_plate_nesting=1).loss(vae.model, vae.guide, x[:32]) / 32
+    assert loss() == pytest.approx(expected, rel=1e-5)
+    before = loss()
+    fit(vae, x, x[:32], epochs=3, batch_size=32, lr=3e-3, progress=False, anneal_epochs=1)
+    assert loss() < before - 2.0, (before, loss())
     r = evaluate_images(vae, x[:4], num_samples=30, progress=False)
-    assert r["nll"] > 0 and -r["nll"] >= r["elbo"] and r["kl"] >= 0
+    kl = kl_divergence(vae.model, vae.guide, x[:4]).mean().item()
+    assert r["kl"] == pytest.approx(kl, rel=1e-5) and r["num_examples"] == 4
     assert vae.sample(2).shape == (2, 1, 8, 8)
 
 
@@ -127,7 +148,13 @@ def test_transfer_pipeline_on_digits(pretrain):
     r = transfer_experiment("digits", pretrain, labels_per_class=10, pretrain_epochs=3,
                             finetune_epochs=20, latent_dim=8, hidden_dims=(64,))  # fmt: skip
     assert r.num_labeled == 100 and len(r.accuracies) == 4
-    assert all(0.1 < a <= 1.0 for a in r.accuracies.values()), r.accuracies  # above chance
+    # measured (fixed seeds): scratch 0.60, encoder-initialized 0.55-0.56, probe on the codes
+    # 0.23-0.32 after 3 pretraining epochs, probe on pixels 0.75; chance is 0.10
+    floors = {"classifier from scratch": 0.5, "classifier initialized": 0.45,
+              "linear probe on pixels": 0.65, "linear probe on": 0.18}  # fmt: skip
+    for name, accuracy in r.accuracies.items():
+        floor = next(f for prefix, f in floors.items() if name.startswith(prefix))
+        assert floor < accuracy <= 1.0, (name, r.accuracies)
 
 
 def test_embedding_plot(tmp_path):

@@ -12,7 +12,7 @@ from test_cli import assert_one_line_error, run
 
 import pyro_genmodels as pg
 from pyro_genmodels.data import DataNotFoundError, load_dataset, load_raw, photo_patches
-from pyro_genmodels.infer import TrainConfig, Trainer
+from pyro_genmodels.infer import TrainConfig, fit
 from pyro_genmodels.runs import load_run
 
 
@@ -128,9 +128,8 @@ def test_rgb_images_for_a_grey_model_fail_before_training(tmp_path):
     model = pg.create_model("gated-pixelcnn", image_shape=(1, 16, 16), likelihood="categorical",
                             hidden_channels=4, num_layers=1)  # fmt: skip
     rgb = load_dataset("photo-patches", "valid", "levels").fixed()[:8]
-    trainer = Trainer(model, TrainConfig(epochs=1), run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match=r"RGB images for a grey model"):
-        trainer.fit(rgb)
+        fit(model, rgb, config=TrainConfig(epochs=1), run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing started
 
 

@@ -1,6 +1,12 @@
 """Training: checkpoints, exact resume, divergence handling, annealing, learning."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,8 +15,9 @@ import pyro_genmodels as pg
 from pyro_genmodels.infer import (
     CheckpointError,
     TrainConfig,
-    Trainer,
     TrainingDiverged,
+    fit,
+    kl_weight,
     load_checkpoint,
     log_marginal,
     save_atomic,
@@ -97,11 +104,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits_binary):
     steps_per_epoch = 4
     # training steps call the decoder once; validation after each epoch calls it twice
     vae.decoder = _Poisoned(vae.decoder, after=steps_per_epoch + 2 + 1)
-    trainer = Trainer(vae, _cfg(epochs=3), tmp_path)
     with pytest.raises(
         TrainingDiverged, match="epoch 2, step 5.*last good checkpoint \\(epoch 1\\)"
     ):
-        trainer.fit(x, x[:32])
+        fit(vae, x, x[:32], _cfg(epochs=3), tmp_path)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["epoch"] == 1
     assert all(
@@ -127,9 +133,8 @@ class _NaNGradient(torch.nn.Module):
 def test_nan_gradient_on_the_last_step_is_never_checkpointed(tmp_path, digits_binary):
     vae = pg.create_model("vae", image_shape=(1, 8, 8), **SMALL)
     vae.decoder = _NaNGradient(vae.decoder, at=5)  # call 1 probes the plates; 5: last step
-    trainer = Trainer(vae, _cfg(epochs=2), tmp_path)
     with pytest.raises(TrainingDiverged, match="became NaN or infinite in epoch 1"):
-        trainer.fit(digits_binary[:256])
+        fit(vae, digits_binary[:256], config=_cfg(epochs=2), run_dir=tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -153,10 +158,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_kl_annealing_schedule():
-    trainer = Trainer(
-        pg.create_model("vae", image_shape=(1, 8, 8), **SMALL), _cfg(beta=2.0, anneal_epochs=2)
-    )
-    weights = [trainer.kl_weight(s, steps_per_epoch=5) for s in range(12)]
+    config = _cfg(beta=2.0, anneal_epochs=2)
+    weights = [kl_weight(config, s, steps_per_epoch=5) for s in range(12)]
     assert weights[0] == pytest.approx(0.2) and weights[4] == pytest.approx(1.0)
     assert weights[9:] == [2.0, 2.0, 2.0]
     assert all(a < b for a, b in zip(weights[:9], weights[1:10], strict=True))
@@ -164,11 +167,8 @@ def test_kl_annealing_schedule():
 
 def test_kl_annealing_per_epoch_holds_beta_e_over_n_through_epoch_e():
     """Tomczak & Welling's schedule: beta * e / anneal_epochs during (1-based) epoch e."""
-    trainer = Trainer(
-        pg.create_model("vae", image_shape=(1, 8, 8), **SMALL),
-        _cfg(beta=2.0, anneal_epochs=4, anneal_per="epoch"),
-    )
-    weights = [trainer.kl_weight(s, steps_per_epoch=3) for s in range(18)]
+    config = _cfg(beta=2.0, anneal_epochs=4, anneal_per="epoch")
+    weights = [kl_weight(config, s, steps_per_epoch=3) for s in range(18)]
     expected = [0.5] * 3 + [1.0] * 3 + [1.5] * 3 + [2.0] * 9
     assert weights == pytest.approx(expected)
     with pytest.raises(ValueError, match="unknown anneal_per 'batch'; valid: step, epoch"):
@@ -182,3 +182,68 @@ def test_training_improves_the_validation_elbo(tmp_path):
     first, last = metrics[0]["valid_elbo"], metrics[-1]["valid_elbo"]
     assert last > first + 5.0, (first, last)
     assert metrics[-1]["valid_kl"] > 0.3  # the latent is in use (0.45 to 1.4 over seeds)
+
+
+def _train_process(out, *options):
+    cmd = [sys.executable, "-m", "pyro_genmodels.cli", "train", "--model", "vae", "--dataset",
+           "digits", "--latent-dim", "4", "--hidden-dims", "256,256", "--batch-size", "16",
+           "--no-progress", "--out", str(out), *options]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+
+
+def _wait_for_epochs(out, n, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} epochs in {out}: {proc.communicate()}")
+
+
+def test_ctrl_c_stops_training_with_the_checkpoint_named_and_the_lock_released(tmp_path):
+    from pyro_genmodels.cli import EXIT_INTERRUPTED
+
+    out = tmp_path / "r"
+    proc = _train_process(out, "--epochs", "500")
+    try:
+        _wait_for_epochs(out, 1, proc)
+        assert (out / "train.lock").read_text().split()[0] == str(proc.pid)
+        proc.send_signal(signal.SIGINT)  # a real Ctrl-C, through Lightning's handler
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert err.strip().splitlines()[-1] == (
+        f"pyro-genmodels: interrupted; the last complete epoch is checkpointed in {out} "
+        "(continue with --resume)"
+    )
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+    assert not (out / "train.lock").exists()
+
+
+def test_one_writer_per_run_directory(tmp_path, capsys):
+    from test_cli import assert_one_line_error, run
+
+    out = tmp_path / "r"
+    args = ["train", "--model", "vae", "--dataset", "digits", "--latent-dim", "2", "--hidden-dims",
+            "8", "--no-progress", "--epochs", 1, "--out", out]  # fmt: skip
+    assert run(capsys, *args)[0] == 0
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "train.lock").write_text(f"{holder.pid} {socket.gethostname()}")
+        code, _, err = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
+        assert_one_line_error(code, err, f"{out} is being trained by process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (as after kill -9): its stale lock is taken over
+    code, _, err = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
+    assert code == 0, err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert not (out / "train.lock").exists()
+    # a finished run: nothing to do, and said so
+    code, stdout, _ = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
+    assert code == 0 and "has trained 2 of 2 epochs: nothing to do" in stdout

@@ -10,6 +10,7 @@ from .config import (
     LatentScale,
     TrainConfig,
     TrainingDiverged,
+    kl_weight,
     make_elbo,
     resolve_device,
     resolve_objective,
@@ -24,7 +25,7 @@ from .importance import (
     prior_log_marginal,
 )
 from .kl import kl_divergence
-from .train import Trainer, fit
+from .train import fit
 
 __all__ = [
     "AISEstimate",
@@ -38,12 +39,12 @@ __all__ = [
     "IWEstimate",
     "LatentScale",
     "TrainConfig",
-    "Trainer",
     "TrainingDiverged",
     "effective_sample_size",
     "fit",
     "importance_estimate",
     "kl_divergence",
+    "kl_weight",
     "load_checkpoint",
     "log_importance_weights",
     "log_marginal",

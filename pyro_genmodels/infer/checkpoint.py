@@ -1,10 +1,19 @@
-"""Checkpoints written atomically (temp file + rename) and read with clear errors."""
+"""Checkpoints read with clear errors, atomic writes (temp file + rename), the training
+RNG state, and the lock that keeps one writer per run directory.
+
+Format 2 is Lightning's checkpoint (``state_dict`` of the ``LightningModule``, whose
+``net.`` entries are the model's, loops, optimizer, callbacks) with our keys added:
+``format``, ``version``, ``train_config``, ``metadata``, ``rng``. Format 1 (before
+training moved onto Lightning's checkpoints) held ``module_state`` and the counters at
+the top level; both read the same through :func:`load_checkpoint`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +22,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = "pyro-genmodels-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -29,6 +38,9 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the run from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -52,7 +64,10 @@ def write_jsonl_atomic(rows: list[dict], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint written by :class:`~pyro_genmodels.infer.Trainer`.
+    """Load a checkpoint of a run directory (``checkpoint.pt``, ``best.pt``), in any format.
+
+    The result always has ``module_state`` (the model's state dict), ``epoch`` (completed
+    epochs), ``step``, ``metrics``, ``train_config`` and ``metadata``.
 
     :raises CheckpointError: the file is missing, corrupt, or not a pyro-genmodels checkpoint.
     """
@@ -72,32 +87,98 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             f"{ckpt['version']}; this version reads formats up to {CHECKPOINT_VERSION}: "
             "upgrade pyro-genmodels"
         )
+    if ckpt["version"] >= 2:  # a Lightning checkpoint: the model is the module's "net."
+        state = ckpt["state_dict"]
+        ckpt["module_state"] = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        ckpt["metrics"] = list(state.get("_extra_state", {}).get("metrics", []))
+        ckpt["epoch"], ckpt["step"] = len(ckpt["metrics"]), int(ckpt["global_step"])
     return ckpt
 
 
-def get_rng_state() -> dict:
-    """Every RNG the training loop draws from, in a form ``torch.load(weights_only=True)`` reads."""
+def get_rng_state(device: torch.device | None = None) -> dict:
+    """The RNGs the training loop draws from (CPU torch, numpy, Python, and ``device``'s
+    when it is a GPU), in a form ``torch.load(weights_only=True)`` reads."""
     np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG users seed
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore the RNGs saved by :func:`get_rng_state`."""
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore the RNGs saved by :func:`get_rng_state`; the saved GPU state goes to
+    ``device`` when that is a GPU (a run resumed on the CPU has no use for it)."""
     torch.set_rng_state(state["torch"])
     name, keys, *rest = state["numpy"]
     np.random.set_state(  # noqa: NPY002
         (name, keys.numpy().astype(np.uint32), *rest)
     )
     random.setstate(_to_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device is not None and device.type == "cuda" and isinstance(cuda, torch.Tensor):
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+class RunLock:
+    """``RUN_DIR/train.lock``: the PID and host of the one process writing the run.
+
+    A lock left by a process that no longer runs (killed with SIGKILL) is taken over; a
+    live holder is a :class:`CheckpointError` naming its PID.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "train.lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".train.lock.", dir=self.path.parent)
+        with os.fdopen(fd, "w") as f:  # the lock appears with its content (link is atomic)
+            f.write(f"{os.getpid()} {socket.gethostname()}")
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    holder = self._live_holder()
+                    if holder:
+                        raise CheckpointError(
+                            f"{self.path.parent} is being trained by process {holder} "
+                            f"({self.path}); wait for it to finish or stop it"
+                        ) from None
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                self.held = True
+                return
+            raise CheckpointError(f"could not take the lock {self.path}")
+        finally:
+            os.unlink(tmp)
+
+    def _live_holder(self) -> str | None:
+        """The holder's PID (with its host, if another), or None if it no longer runs."""
+        try:
+            pid, _, host = self.path.read_text().partition(" ")
+            pid = int(pid)
+        except (OSError, ValueError):
+            return None  # unreadable
+        if host.strip() != socket.gethostname():
+            return f"{pid} on {host.strip()}"  # cannot be checked from here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+        return str(pid) if pid != os.getpid() else None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def _to_tuple(obj: Any) -> Any:

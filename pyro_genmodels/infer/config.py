@@ -1,5 +1,5 @@
 """Training settings and objectives: ``TrainConfig``, the ELBO for an objective name, the
-accelerator and logger handed to Lightning, and KL scaling for beta and annealing."""
+accelerator and logger handed to Lightning, and the KL weight for beta and annealing."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pyro
 import torch
 from pyro.poutine.scale_messenger import ScaleMessenger
 
+from .free_bits import FreeBitsELBO
 from .hints import hint
 from .iwae import IWAE_ELBO
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or a parameter became NaN or infinite; the last good checkpoint is kept."""
 
 
 class LatentScale(ScaleMessenger):
@@ -34,51 +35,64 @@ class LatentScale(ScaleMessenger):
 
 def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
     return {
-        "elbo": lambda n: pyro.infer.Trace_ELBO(num_particles=n, vectorize_particles=n > 1),
-        "meanfield": lambda n: pyro.infer.TraceMeanField_ELBO(
+        "elbo": lambda n, fb: pyro.infer.Trace_ELBO(num_particles=n, vectorize_particles=n > 1),
+        "meanfield": lambda n, fb: pyro.infer.TraceMeanField_ELBO(
             num_particles=n, vectorize_particles=n > 1
         ),
         # the IWAE bound of Burda et al.: log (1/K) sum_k w_k over K vectorized particles
-        "iwae": lambda n: IWAE_ELBO(num_particles=n),
+        "iwae": lambda n, fb: IWAE_ELBO(num_particles=n),
         # discrete model sites marked for enumeration are summed out exactly
-        "enum": lambda n: pyro.infer.TraceEnum_ELBO(num_particles=n, vectorize_particles=n > 1),
+        "enum": lambda n, fb: pyro.infer.TraceEnum_ELBO(num_particles=n, vectorize_particles=n > 1),
+        # Trace_ELBO with a KL floor of free_bits nats per latent dimension
+        "free-bits": lambda n, fb: FreeBitsELBO(fb, num_particles=n),
     }
 
 
-Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum"]
+Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum", "free-bits"]
 Optimizer = Literal["adam", "clipped-adam", "adam-normgrad"]
-Device = Literal["auto", "cpu", "cuda"]
 AnnealPer = Literal["step", "epoch"]
-Accelerator = Literal["auto", "cpu", "gpu"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda"]  # cuda: the same as gpu
 Precision = Literal["32", "16-mixed", "bf16-mixed"]
 LoggerName = Literal["none", "csv", "tensorboard"]
 #: "auto" asks the module (``module.default_objective``), else uses "elbo"
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+#: strategies whose worker processes cannot hand the run's state back to the caller
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 def make_elbo(
-    objective: str, num_particles: int = 1, max_plate_nesting: int | None = None
+    objective: str,
+    num_particles: int = 1,
+    max_plate_nesting: int | None = None,
+    free_bits: float = 0.0,
 ) -> pyro.infer.ELBO:
     """The Pyro ELBO for an objective name: ``elbo`` (Trace_ELBO), ``meanfield``
     (TraceMeanField_ELBO, analytic KL where registered), ``iwae`` (RenyiELBO with
-    alpha=0) or ``enum`` (TraceEnum_ELBO)."""
+    alpha=0), ``enum`` (TraceEnum_ELBO) or ``free-bits`` (:class:`FreeBitsELBO` with a
+    floor of ``free_bits`` nats per latent dimension)."""
     table = _elbo_objectives()
     if objective not in table:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    elbo = table[objective](int(num_particles))
+    if objective == "free-bits" and not free_bits > 0:
+        raise ValueError(f"the free-bits objective needs free_bits > 0, got {free_bits}")
+    elbo = table[objective](int(num_particles), float(free_bits))
     if max_plate_nesting is not None:  # spares Pyro's guess (and its log line)
         extra = 1 if elbo.vectorize_particles and elbo.num_particles > 1 else 0
         elbo.max_plate_nesting = int(max_plate_nesting) + extra
     return elbo
 
 
-def resolve_objective(objective: str, module) -> str:
-    """Resolve ``"auto"`` and check that the objective suits the module."""
+def resolve_objective(config: TrainConfig | str, module) -> str:
+    """The objective a module trains with: ``"auto"`` asks the module (``free-bits`` when
+    ``free_bits > 0``), and the choice is checked against the module's hints."""
+    config = TrainConfig(objective=config) if isinstance(config, str) else config
+    objective = config.objective
+    default = hint(module, "default_objective")
     if objective == "auto":
-        objective = hint(module, "default_objective")
+        objective = "free-bits" if config.free_bits > 0 else default
     if objective not in OBJECTIVES[1:]:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if hint(module, "requires_enumeration") and objective != "enum":
@@ -86,7 +100,26 @@ def resolve_objective(objective: str, module) -> str:
             f"this model has an enumerated discrete site (e.g. the GMVAE cluster); "
             f"objective {objective!r} cannot sum it out: use objective 'enum' (or 'auto')"
         )
+    if objective == "free-bits" and default not in ("elbo", "meanfield"):
+        raise ValueError(
+            f"free bits replace a Trace_ELBO objective; this model trains with {default!r}"
+        )
     return objective
+
+
+def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """beta at optimizer step ``step`` (0-based), linearly annealed over ``anneal_epochs``.
+
+    ``anneal_per="step"`` raises it at every step, reaching beta at the last step of epoch
+    ``anneal_epochs``; ``"epoch"`` holds ``beta * e / anneal_epochs`` through epoch ``e``
+    (1-based), the schedule of Tomczak & Welling's code.
+    """
+    beta = float(config.beta)
+    if config.anneal_epochs <= 0:
+        return beta
+    if config.anneal_per == "epoch":
+        return beta * min(1.0, (step // steps_per_epoch + 1) / config.anneal_epochs)
+    return beta * min(1.0, (step + 1) / (config.anneal_epochs * steps_per_epoch))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -100,23 +133,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_accelerator(config: TrainConfig) -> str:
-    """Lightning's accelerator from ``accelerator`` and the older ``device`` setting.
+    """Lightning's accelerator (``cpu`` or ``gpu``) for ``config.accelerator``.
 
-    :raises ValueError: the two disagree, GPUs asked for without CUDA, or an unknown
-        strategy.
+    :raises ValueError: GPUs asked for without CUDA (or more than there are), an unknown
+        strategy, or one that spawns its processes.
     """
-    accelerator = config.accelerator
-    if config.device != "auto":
-        implied = {"cpu": "cpu", "cuda": "gpu"}[config.device]
-        if accelerator not in ("auto", implied):
-            raise ValueError(
-                f"--device {config.device} and --accelerator {accelerator} disagree; give one"
-            )
-        accelerator = implied
+    accelerator = {"cuda": "gpu"}.get(config.accelerator, config.accelerator)
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" and not torch.cuda.is_available():
-        raise ValueError("--accelerator gpu was requested but no CUDA device is available")
+        raise ValueError(
+            f"--accelerator {config.accelerator} was requested but CUDA is not available"
+        )
     if accelerator == "gpu" and config.devices > torch.cuda.device_count():
         raise ValueError(
             f"--devices {config.devices} GPUs requested but {torch.cuda.device_count()} available"
@@ -126,6 +154,11 @@ def resolve_accelerator(config: TrainConfig) -> str:
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if config.strategy not in strategies:
         raise ValueError(f"unknown strategy {config.strategy!r}; valid: {', '.join(strategies)}")
+    if config.strategy.startswith(SPAWNING_STRATEGIES):
+        raise ValueError(
+            f"strategy {config.strategy!r} trains in child processes whose state never reaches "
+            "this one; use --strategy ddp (one process per device, launched by Lightning)"
+        )
     return accelerator
 
 
@@ -158,27 +191,24 @@ class TrainConfig:
     beta: float = 1.0  # KL weight (beta-VAE)
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
     anneal_per: AnnealPer = "step"  # warm-up: per step, or per epoch (beta * e / anneal_epochs)
-    free_bits: float = 0.0  # KL floor in nats per latent dimension (0: off); elbo objective
+    free_bits: float = 0.0  # KL floor in nats per latent dimension (objective free-bits)
     seed: int = 0  # random seed (initial weights, batches, samples)
-    device: Device = "auto"  # auto: CUDA when available, else CPU (or use --accelerator)
-    accelerator: Accelerator = "auto"  # Lightning's: auto (a GPU when available), cpu, gpu
+    accelerator: Accelerator = "auto"  # auto (a GPU when available), cpu, gpu (= cuda)
     devices: int = 1  # processes per node (GPUs, or CPU processes); batch_size is per process
     num_nodes: int = 1  # machines (each runs --devices processes)
     strategy: str = "auto"  # Lightning's: auto, ddp, ddp_spawn, ... (several devices: ddp)
     precision: Precision = "32"  # 32, 16-mixed or bf16-mixed (autocast; the ELBO sums in fp32)
     logger: LoggerName = "none"  # also log to RUN_DIR/lightning_logs: csv or tensorboard
     valid_batch_size: int = 500  # images per validation batch
-    validate: bool = True  # Pyro's argument and shape checks (off: ~10% faster steps)
+    validate: bool = False  # Pyro's checks at every step (the data are checked once anyway)
     compile: bool = False  # torch.compile the model's networks (first step slower; see README)
     progress: bool = True  # tqdm progress bar with the running loss
 
     def __post_init__(self):
-        if self.device not in get_args(Device):
-            raise ValueError(f"unknown device {self.device!r}; valid: {get_args(Device)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
         if self.objective != "auto":
-            make_elbo(self.objective, self.num_particles)  # validates both
+            make_elbo(self.objective, self.num_particles, free_bits=self.free_bits)  # validates
         elif int(self.num_particles) < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
         for key, kind in (("accelerator", Accelerator), ("precision", Precision),
@@ -204,5 +234,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
-        if self.free_bits > 0 and self.objective not in ("auto", "elbo"):
-            raise ValueError(f"free bits replace the elbo objective; got {self.objective!r}")
+        if self.free_bits > 0 and self.objective not in ("auto", "free-bits"):
+            raise ValueError(
+                f"free_bits > 0 is the free-bits objective; got objective {self.objective!r}"
+            )

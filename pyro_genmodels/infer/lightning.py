@@ -1,248 +1,214 @@
 """SVI on PyTorch Lightning: Pyro's ELBO as the loss of a ``LightningModule``.
 
-This is Pyro's documented route to distributed SVI (``examples/svi_lightning.py``):
-the ELBO's ``differentiable_loss`` is the training loss, a torch optimizer steps the
-module's own parameters (module-local, no global param store), and Lightning's
-``Trainer`` does the rest: devices and DDP across GPUs and nodes, mixed precision,
-gradient all-reduce, progress bar, loggers. What stays ours is what Lightning does not
-know: the run directory of contract item 5 (``checkpoint.pt`` in our format, ``best.pt``,
-``metrics.jsonl``, written atomically by rank 0), KL annealing by step, free bits, early
-stopping that ignores warm-up epochs, and a data order that is a function of
-``(seed, epoch)`` so that ``--resume`` continues exactly.
+Pyro's documented route to distributed SVI (``examples/svi_lightning.py``): the ELBO's
+``differentiable_loss`` is the training loss and a torch optimizer steps the module's own
+parameters. :class:`SVIModule` is the one object holding the run's state (the objective,
+the per-epoch metrics, the RNG in its checkpoints); Lightning's loops, ``ModelCheckpoint``
+and ``EarlyStopping`` do the rest, and :class:`RunDirectory` writes ``metrics.jsonl``.
 
-Sharding: each process draws its part of one global permutation per epoch
-(``DistributedSampler`` semantics: ``batch_size`` is per process, the effective batch is
-``batch_size * world_size``; the last images of an epoch are repeated to make the shards
-equal when ``world_size`` does not divide the training set). Validation is sharded
-without repetition and its sums are all-reduced.
+Sharding: each process reads its part of one permutation per epoch (``DistributedSampler``
+seeded by the run's seed, so ``--resume`` continues exactly; ``batch_size`` is per
+process); validation is sharded without repetition and summed by torchmetrics.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
+import sys
 import time
-from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import pyro
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+import torchmetrics
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, TQDMProgressBar
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from .config import LatentScale, TrainingDiverged, make_elbo
-from .free_bits import FreeBitsELBO
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    RunLock,
+    get_rng_state,
+    set_rng_state,
+    write_jsonl_atomic,
+)
+from .config import (
+    LatentScale,
+    TrainConfig,
+    TrainingDiverged,
+    kl_weight,
+    make_elbo,
+    resolve_objective,
+)
 from .importance import log_importance_weights
 from .kl import kl_divergence
+from .optim import AdamNormGrad
 from .program import probe
-from .train import quiet_lightning  # noqa: F401 (for callers of this module)
 
-
-class EpochOffsetSampler(DistributedSampler):
-    """``DistributedSampler`` whose epoch counts from ``offset`` (the epochs a resumed run
-    has already done), so that epoch ``e`` of a run always draws the same permutation."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, offset: int):
-        super().__init__(dataset, num_replicas, rank, shuffle=True, seed=seed)
-        self.offset = int(offset)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(self.offset + int(epoch))
-
-
-class StridedSampler(Sampler):
-    """Indices ``rank, rank + world, ...``: a shard without repetition (for validation)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class _Batches(BatchSampler):
-    """``BatchSampler`` passing Lightning's ``set_epoch`` on to its sampler (Lightning calls
-    it on the loader's ``sampler``, which here is this batch sampler)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-
-def batch_loader(dataset: Dataset, sampler: Sampler, batch_size: int) -> DataLoader:
-    """Whole batches by batched indexing (one ``dataset[list]`` per batch), as the in-memory
-    data sets of :mod:`pyro_genmodels.data` are fastest read."""
-    batches = _Batches(sampler, batch_size, drop_last=False)
-    # a private generator: creating an iterator draws a worker seed from it, and the global
-    # RNG (checkpointed, restored on resume) must see only the model's draws
-    return DataLoader(
-        dataset, sampler=batches, batch_size=None, collate_fn=lambda b: b,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
-
-
-@torch.no_grad()
-def validation_sums(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``[sum of ELBO, sum of KL, count]`` over the images ``x`` (beta = 1, one sample), in
-    float64: the sums that the processes of a distributed validation add up."""
-    lw = log_importance_weights(module.model, module.guide, x, 1, allow_point_mass=True)
-    kl = kl_divergence(module.model, module.guide, x, allow_point_mass=True)
-    return torch.tensor([lw.sum().item(), kl.sum().item(), x.shape[0]], dtype=torch.float64)
+CHECK_EVERY = 50  # steps between the checks that the loss is finite (each one a host sync)
 
 
 class SVIModule(pl.LightningModule):
-    """Train a module with ``model(x)`` and ``guide(x)`` by SVI, as a ``LightningModule``.
+    """Train ``module`` (with ``model(x)`` and ``guide(x)``) by SVI with ``config``.
 
-    :param module: the model; its parameters are the optimized ones (``self.net``).
-    :param trainer_state: a :class:`~pyro_genmodels.infer.train.Trainer` holding the
-        configuration, the counters and what is written to the run directory.
+    :param metadata: opaque data stored in every checkpoint (model name, config, data).
+
+    ``history`` holds one row per completed epoch; it travels in the state dict (extra
+    state), hence in every checkpoint.
     """
 
-    def __init__(self, module: torch.nn.Module, trainer_state):
+    def __init__(self, module: torch.nn.Module, config: TrainConfig, metadata: dict | None = None):
         super().__init__()
-        self.net = module
-        self.state = trainer_state
+        self.net, self.config, self.metadata = module, config, dict(metadata or {})
+        self.objective = resolve_objective(config, module)
         self.elbo = None  # built at the first step, when the plate nesting is known
-        self._train_sum = self._train_count = 0.0
-        self._valid = torch.zeros(3, dtype=torch.float64)  # sum ELBO, sum KL, count
+        self.history: list[dict] = []
+        self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
+        self.valid_elbo = torchmetrics.MeanMetric(nan_strategy="disable")
+        self.valid_kl = torchmetrics.MeanMetric(nan_strategy="disable")
+        self._rng: dict | None = None  # from a checkpoint, applied when training starts
+        self._first_bad: torch.Tensor | None = None  # first non-finite loss's step, or -1
+
+    def get_extra_state(self) -> dict:
+        return {"metrics": self.history}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.history = list(state.get("metrics", []))
 
     # -- the loss --------------------------------------------------------------------------
-    def _build_elbo(self, x: torch.Tensor) -> None:
-        cfg = self.state.config
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
-            nesting = probe(self.net.model, self.net.guide, x, check_estimable=False).nesting
-        if cfg.free_bits > 0:
-            self.elbo = FreeBitsELBO(cfg.free_bits, cfg.num_particles)
-            self.elbo.max_plate_nesting = nesting
-        else:
-            self.elbo = make_elbo(self.state.objective, cfg.num_particles, nesting)
-
-    def loss(self, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
-        """The negative ELBO (the objective's bound) per image, KL scaled by ``kl_weight``."""
+    def loss(self, x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """The objective's negative bound per image, the KL scaled by ``weight``."""
         if self.elbo is None:
-            self._build_elbo(x)
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
+                nesting = probe(self.net.model, self.net.guide, x, check_estimable=False).nesting
+            cfg = self.config
+            self.elbo = make_elbo(self.objective, cfg.num_particles, nesting, cfg.free_bits)
         model, guide = self.net.model, self.net.guide
-        if kl_weight != 1.0:
-            model, guide = LatentScale(kl_weight)(model), LatentScale(kl_weight)(guide)
-        with pyro.validation_enabled(self.state.config.validate):
+        if weight != 1.0:
+            model, guide = LatentScale(weight)(model), LatentScale(weight)(guide)
+        with pyro.validation_enabled(self.config.validate):
             return self.elbo.differentiable_loss(model, guide, x) / x.shape[0]
 
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        state = self.state
-        loss = self.loss(x, state.kl_weight(state.step, state.steps_per_epoch))
-        bad = not torch.isfinite(loss).item()
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            raise TrainingDiverged(state.diverged_message(loss.item() if bad else "non-finite"))
-        self._train_sum += loss.item() * x.shape[0]
-        self._train_count += x.shape[0]
-        state.step += 1
+        steps = self.trainer.num_training_batches
+        loss = self.loss(x, kl_weight(self.config, self.global_step, steps))
+        detached = loss.detach()
+        self.train_loss.update(detached, x.shape[0])
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, device=loss.device)
+        self._first_bad = torch.where(
+            (self._first_bad < 0) & ~torch.isfinite(detached), self.global_step, self._first_bad
+        )
+        if (batch_idx + 1) % CHECK_EVERY == 0 or batch_idx + 1 == steps:
+            self._check_loss()
+        self.log("loss", detached, prog_bar=True, logger=False)
         return loss
 
+    def _check_loss(self) -> None:
+        """Raise :class:`TrainingDiverged` (on every process) if a loss was not finite."""
+        bad = bool(self._first_bad >= 0)
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            step = int(self._first_bad) + 1 if bad else "?"
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite in epoch {self.current_epoch + 1}, step "
+                f"{step}{self._kept()}; try a lower --lr or --optimizer clipped-adam"
+            )
+
+    def _kept(self) -> str:
+        where = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        if not (self.history and where):
+            return ""
+        return f"; the last good checkpoint (epoch {len(self.history)}) is kept in {where}"
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.state.make_optimizer(self.net)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        cfg = self.config
+        if cfg.optimizer == "adam-normgrad":
+            return AdamNormGrad(params, lr=cfg.lr)
+        if cfg.optimizer == "clipped-adam":
+            from pyro.optim.clipped_adam import ClippedAdam
+
+            return ClippedAdam(params, lr=cfg.lr, clip_norm=cfg.clip_norm)
+        return torch.optim.Adam(params, lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
+
+    # -- validation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        """Per-image ELBO (one sample, beta = 1) and KL, in nats."""
+        net = self.net
+        elbo = log_importance_weights(net.model, net.guide, x, 1, allow_point_mass=True)
+        self.valid_elbo.update(elbo)
+        self.valid_kl.update(kl_divergence(net.model, net.guide, x, allow_point_mass=True))
 
     # -- epochs ----------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        self.state.on_train_start(self)
+        """The checkpoint's RNG state on rank 0, a stream of its own on every other rank."""
+        if self._rng is not None and self.global_rank == 0:
+            set_rng_state(self._rng, self.device)
+        elif self.global_rank > 0:
+            pyro.set_rng_seed(self.config.seed * 1_000_003 + 7919 * self.global_rank
+                              + self.current_epoch)  # fmt: skip
 
     def on_train_epoch_start(self) -> None:
         self.net.train()
-        self._train_sum = self._train_count = 0.0
+        self._first_bad = None
         self._epoch_start = time.perf_counter()
 
-    def on_validation_epoch_start(self) -> None:
-        self._valid = torch.zeros(3, dtype=torch.float64)
-
-    def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
-        self._valid += validation_sums(self.net, x)
-
     def on_train_epoch_end(self) -> None:
-        totals = torch.tensor([self._train_sum, self._train_count], dtype=torch.float64)
-        totals = self._all_sum(totals)
+        """Book the epoch (before the checkpoint callbacks run): the metrics row, and a
+        :class:`TrainingDiverged` instead of a checkpoint of non-finite parameters."""
+        steps = self.trainer.num_training_batches
         row = {
-            "epoch": self.state.epoch + 1,
-            "train_loss": (totals[0] / totals[1]).item(),
-            "kl_weight": self.state.kl_weight(self.state.step - 1, self.state.steps_per_epoch),
-            "objective": self.state.objective,
+            "epoch": self.current_epoch + 1,
+            "train_loss": self.train_loss.compute().item(),
+            "kl_weight": kl_weight(self.config, self.global_step - 1, steps),
+            "objective": self.objective,
             "seconds": time.perf_counter() - self._epoch_start,
-            "steps": self.state.step,
+            "steps": self.global_step,
         }
-        if self.state.has_validation:
-            valid = self._all_sum(self._valid)
-            row.update(
-                valid_elbo=(valid[0] / valid[2]).item(), valid_kl=(valid[1] / valid[2]).item()
+        self.train_loss.reset()
+        if self.valid_elbo.update_count:  # validation ran this epoch
+            row.update(valid_elbo=self.valid_elbo.compute().item(),
+                       valid_kl=self.valid_kl.compute().item())  # fmt: skip
+            self.valid_elbo.reset(), self.valid_kl.reset()
+        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
+        if bad or not math.isfinite(row.get("valid_elbo", 0.0)):
+            what = f"parameter {bad[0]!r}" if bad else "the validation ELBO"
+            raise TrainingDiverged(
+                f"{what} became NaN or infinite in epoch {row['epoch']}{self._kept()}; "
+                "try a lower --lr or --optimizer clipped-adam"
             )
-            self.log("valid_elbo", row["valid_elbo"], sync_dist=True)  # equal on every rank
-        self.log("train_loss", row["train_loss"], sync_dist=True)
-        if self.state.end_epoch(self, row):
-            self.trainer.should_stop = True
+        if "valid_elbo" in row:
+            best = max(self.history + [row], key=lambda r: r.get("valid_elbo", -math.inf))
+            row["best_epoch"] = best["epoch"]
+            self.log("valid_elbo", row["valid_elbo"], prog_bar=True, logger=self._logs)
+        self.history.append(row)
+        self.log("train_loss", row["train_loss"], logger=self._logs)
 
-    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a float64 vector over processes (identity on one)."""
-        if self.trainer.world_size == 1:
-            return t
-        out = self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
-        return out.double().cpu()
+    @property
+    def _logs(self) -> bool:
+        return self.trainer.logger is not None
 
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint.update(
+            format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, metadata=self.metadata,
+            train_config=dataclasses.asdict(self.config), rng=get_rng_state(self.device),
+        )  # fmt: skip
 
-class BatchEvaluator(pl.LightningModule):
-    """Runs ``fn(module, batch)`` on the batches of this process (``Trainer.predict``) and
-    gathers every process's results at the end, on every process, in ``results``."""
-
-    def __init__(self, module: torch.nn.Module, fn):
-        super().__init__()
-        self.net, self.fn, self.results = module, fn, []
-
-    def predict_step(self, batch, batch_idx: int) -> None:
-        self.results.append(self.fn(self.net, batch))
-
-    def on_predict_epoch_end(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.results)
-            self.results = [r for part in gathered for r in part]
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng = checkpoint.get("rng")
 
 
-def release_process_group() -> None:
-    """End this process's part in a distributed run: wait for the other processes, then
-    destroy the default process group.
+class _Batches(Dataset):
+    """Images (a tensor, or a Dataset whose ``data[list_of_indices]`` is a batch) read one
+    batch per indexing (``__getitems__``), not one image at a time."""
 
-    Lightning leaves the group alive after ``fit`` and ``predict`` (to reuse it); a process
-    that then exits with gloo's threads still running can abort in C++ teardown
-    ("terminate called without an active exception", exit status -6) after its work is done.
-    A no-op outside a distributed run.
-    """
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def make_loaders(
-    train_data: Dataset,
-    valid_data: torch.Tensor | None,
-    batch_size: int,
-    valid_batch_size: int,
-    seed: int,
-    epoch_offset: int,
-    rank: int,
-    world: int,
-) -> tuple[DataLoader, DataLoader | None]:
-    """The training loader (this process's shard of each epoch's permutation) and the
-    validation loader (a strided shard)."""
-    sampler = EpochOffsetSampler(train_data, world, rank, seed, epoch_offset)
-    train = batch_loader(train_data, sampler, batch_size)
-    valid = None
-    if valid_data is not None:
-        valid = batch_loader(_Tensor(valid_data), StridedSampler(len(valid_data), rank, world),
-                             valid_batch_size)  # fmt: skip
-    return train, valid
-
-
-class _Tensor(Dataset):
-    def __init__(self, data: torch.Tensor):
+    def __init__(self, data):
         self.data = data
 
     def __len__(self) -> int:
@@ -250,3 +216,113 @@ class _Tensor(Dataset):
 
     def __getitem__(self, index):
         return self.data[index]
+
+    def __getitems__(self, indices):
+        return self.data[indices]
+
+
+def _whole(batch):
+    """The collate function of batches read whole (picklable, unlike a lambda)."""
+    return batch
+
+
+class SVIData(pl.LightningDataModule):
+    """Each process's shard of the training permutation of each epoch (seeded by ``seed``,
+    drawn again per epoch by Lightning's ``set_epoch``), and an unrepeated validation shard.
+
+    :param train: images, or a Dataset whose ``dataset[list_of_indices]`` is a batch.
+    """
+
+    def __init__(self, train, valid, batch_size: int, valid_batch_size: int, seed: int):
+        super().__init__()
+        self.train, self.valid = _Batches(train), None if valid is None else _Batches(valid)
+        self.batch_size, self.valid_batch_size, self.seed = batch_size, valid_batch_size, seed
+
+    def _loader(self, data, sampler, batch_size: int) -> DataLoader:
+        # a private generator: creating an iterator draws a seed from it, and the global RNG
+        # (checkpointed, restored on resume) must see only the model's draws
+        return DataLoader(
+            data, batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
+            collate_fn=_whole, generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(self.train, world, rank, shuffle=True, seed=self.seed)
+        return self._loader(self.train, sampler, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.valid is None:
+            return []
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = UnrepeatedDistributedSampler(self.valid, world, rank, shuffle=False)
+        return self._loader(self.valid, sampler, self.valid_batch_size)
+
+
+class WarmupEarlyStopping(EarlyStopping):
+    """Lightning's ``EarlyStopping`` on the validation ELBO, except that epochs before the
+    KL weight reaches beta (``anneal_epochs``) do not count towards the patience (as in
+    Tomczak & Welling's code: the ELBO is not comparable across weights). It records its
+    counter in the epoch's metrics row."""
+
+    def __init__(self, patience: int, warmup_epochs: float):
+        super().__init__(monitor="valid_elbo", mode="max", patience=patience,
+                         check_on_train_epoch_end=True, verbose=False)  # fmt: skip
+        self.warmup_epochs = float(warmup_epochs)
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        wait = self.wait_count
+        super()._run_early_stopping_check(trainer)
+        row = trainer.lightning_module.history[-1]
+        if row["epoch"] < self.warmup_epochs and self.wait_count > wait:
+            self.wait_count = wait  # not an epoch at full weight: no count
+        row["epochs_since_best"] = self.wait_count
+        if trainer.should_stop:
+            row["stopped_early"] = True
+
+
+class RunDirectory(Checkpoint):
+    """Writes ``metrics.jsonl`` after each epoch's checkpoints (it is a ``Checkpoint`` so
+    that Lightning calls it after the module's epoch end, with the checkpoint callbacks),
+    holds the run directory's lock while training, and hands each new metrics row to
+    ``on_epoch_end`` on rank 0."""
+
+    def __init__(self, run_dir=None, on_epoch_end=None):
+        self.run_dir, self.on_epoch_end = run_dir, on_epoch_end
+        self.lock = RunLock(run_dir) if run_dir is not None else None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.lock is not None and trainer.is_global_zero:
+            self.lock.acquire()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Ctrl-C and errors skip teardown
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.run_dir is not None:
+            write_jsonl_atomic(pl_module.history, self.run_dir / "metrics.jsonl")
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(pl_module.history[-1])
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar on stderr (``train > log`` keeps the log clean), counting
+    epochs from 1 as the metrics rows do."""
+
+    def init_train_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars write to sys.stdout
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer)
+        self.train_progress_bar.set_description(f"epoch {trainer.current_epoch + 1}")

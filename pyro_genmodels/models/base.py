@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import torch
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule
 
 from ..distributions import Likelihood, get_likelihood
@@ -83,8 +84,9 @@ class ImageModel(PyroModule, InferenceHints):
         dtype of the model's parameters (binary images and grey levels are exact in any
         float dtype; ``model.double()`` evaluates in float64).
 
-        :raises ValueError: not a float tensor, wrong shape, NaN/inf values, or values
-            outside the likelihood's support (e.g. grey levels for a Bernoulli model).
+        :raises ValueError: not a float tensor, wrong shape, or (while Pyro's validation is
+            enabled, as by default) NaN/inf values or values outside the likelihood's
+            support (e.g. grey levels for a Bernoulli model).
         """
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor, got {type(x).__name__}")
@@ -96,7 +98,8 @@ class ImageModel(PyroModule, InferenceHints):
             raise ValueError(
                 f"expected images of shape {want} for this model, got {tuple(x.shape)}"
             )
-        self.likelihood.check_data(x)  # one pass; NaN and inf fail it and are named
+        if is_validation_enabled():  # a host sync: training checks its data once instead
+            self.likelihood.check_data(x)  # one pass; NaN and inf fail it and are named
         return x
 
     def model(self, x: torch.Tensor) -> None:
