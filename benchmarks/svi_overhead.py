@@ -78,11 +78,9 @@ class _StepTimes(pl.Callback):
         self.last = now
 
 
-def lightning_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor,
-                    jit: bool = False) -> list:  # fmt: skip
+def lightning_steps(vae, objective: str, batch: int, steps: int, data: torch.Tensor) -> list:
     """Per-step times of the library's Lightning loop over the first ``steps`` batches."""
-    config = TrainConfig(objective=objective, batch_size=batch, epochs=1, progress=False,
-                         jit=jit)  # fmt: skip
+    config = TrainConfig(objective=objective, batch_size=batch, epochs=1, progress=False)
     clock = _StepTimes()
     real = train._trainer
 

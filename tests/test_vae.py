@@ -154,3 +154,19 @@ def test_latent_scale_weights_only_the_kl_term(digits_binary):
     kl = kl_divergence(vae.model, vae.guide, x).sum().item()
     assert loss(2.0) - loss(1.0) == pytest.approx(kl, rel=1e-4)
     assert loss(1.0) - loss(0.5) == pytest.approx(0.5 * kl, rel=1e-4)
+
+
+def test_networks_make_param_statements_only_in_global_param_mode():
+    """Module-local params: the networks' parameters stay out of the traces (no fake param
+    statements at each access); global params: Pyro's pyro.module registers them."""
+    from pyro import poutine
+
+    x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.5))
+    for local in (True, False):
+        with pyro.settings.context(module_local_params=local):
+            vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=2, hidden_dims=(8,))
+            params = {name for name, site in poutine.trace(vae.guide).get_trace(x).nodes.items()
+                      if site["type"] == "param"}  # fmt: skip
+            n = len(list(vae.encoder.parameters()) + list(vae.posterior.parameters()))
+        assert len(params) == (0 if local else n), params
+        pyro.clear_param_store()

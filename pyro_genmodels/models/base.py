@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule
@@ -61,6 +62,19 @@ class ImageModel(PyroModule, InferenceHints):
         super().__init__()
         self.config = config
         self.image_shape = check_image_shape(config.image_shape)
+
+    def __getattr__(self, name: str) -> Any:
+        # With module-local params, Pyro announces every parameter of a plain nn.Module child
+        # by a "fake" param statement at each attribute access (for handlers of pyro.param
+        # such as poutine.lift). The library's networks are plain modules that no handler
+        # lifts, and those statements cost 7-9 % of a training step
+        # (benchmarks/svi_overhead.py); global-param mode keeps Pyro's pyro.module call.
+        modules = self.__dict__.get("_modules")
+        if modules is not None and pyro.settings.get("module_local_params"):
+            child = modules.get(name)
+            if child is not None and not isinstance(child, PyroModule):
+                return child
+        return super().__getattr__(name)
 
     # -- helpers -----------------------------------------------------------------------
     @property
