@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -231,15 +230,18 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
     args = ["train", "--model", "vae", "--dataset", "digits", "--latent-dim", "2", "--hidden-dims",
             "8", "--no-progress", "--epochs", 1, "--out", out]  # fmt: skip
     assert run(capsys, *args)[0] == 0
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = (f"import fcntl, os, time; f = open({str(out / 'train.lock')!r}, 'a+'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush(); print(1, "
+            "flush=True); time.sleep(60)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
-        (out / "train.lock").write_text(f"{holder.pid} {socket.gethostname()}")
+        assert holder.stdout.readline().strip() == "1"  # it holds the lock
         code, _, err = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
         assert_one_line_error(code, err, f"{out} is being trained by process {holder.pid}")
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: the lock goes with the process
         holder.wait()
-    # the holder is gone (as after kill -9): its stale lock is taken over
+    # the holder was killed: its lock file remains, its lock does not
     code, _, err = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
     assert code == 0, err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2

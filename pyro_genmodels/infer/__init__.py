@@ -12,7 +12,6 @@ from .config import (
     TrainingDiverged,
     kl_weight,
     make_elbo,
-    resolve_device,
     resolve_objective,
 )
 from .diagnostics import effective_sample_size, psis_khat
@@ -25,6 +24,7 @@ from .importance import (
     prior_log_marginal,
 )
 from .kl import kl_divergence
+from .program import resolve_device
 from .train import fit
 
 __all__ = [

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -124,61 +123,38 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
 
 
 class RunLock:
-    """``RUN_DIR/train.lock``: the PID and host of the one process writing the run.
-
-    A lock left by a process that no longer runs (killed with SIGKILL) is taken over; a
-    live holder is a :class:`CheckpointError` naming its PID.
-    """
+    """``RUN_DIR/train.lock``, held with ``flock`` while one process trains the run: the
+    operating system releases it when that process ends, however it ends (SIGKILL too), and
+    a second writer is a :class:`CheckpointError` naming the holder's PID."""
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / "train.lock"
-        self.held = False
+        self.path, self.file = Path(run_dir) / "train.lock", None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".train.lock.", dir=self.path.parent)
-        with os.fdopen(fd, "w") as f:  # the lock appears with its content (link is atomic)
-            f.write(f"{os.getpid()} {socket.gethostname()}")
-        try:
-            for _ in range(2):
-                try:
-                    os.link(tmp, self.path)
-                except FileExistsError:
-                    holder = self._live_holder()
-                    if holder:
-                        raise CheckpointError(
-                            f"{self.path.parent} is being trained by process {holder} "
-                            f"({self.path}); wait for it to finish or stop it"
-                        ) from None
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                self.held = True
-                return
-            raise CheckpointError(f"could not take the lock {self.path}")
-        finally:
-            os.unlink(tmp)
+        import fcntl
 
-    def _live_holder(self) -> str | None:
-        """The holder's PID (with its host, if another), or None if it no longer runs."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 - held open while training
         try:
-            pid, _, host = self.path.read_text().partition(" ")
-            pid = int(pid)
-        except (OSError, ValueError):
-            return None  # unreadable
-        if host.strip() != socket.gethostname():
-            return f"{pid} on {host.strip()}"  # cannot be checked from here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, another user's
-        return str(pid) if pid != os.getpid() else None
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise CheckpointError(
+                f"{self.path.parent} is being trained by process {holder} ({self.path}); "
+                "wait for it to finish or stop it"
+            ) from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        self.file = f
 
     def release(self) -> None:
-        if self.held:
+        if self.file is not None:
             self.path.unlink(missing_ok=True)
-            self.held = False
+            self.file.close()  # closing releases the lock
+            self.file = None
 
 
 def _to_tuple(obj: Any) -> Any:

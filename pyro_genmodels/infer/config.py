@@ -122,16 +122,6 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return beta * min(1.0, (step + 1) / (config.anneal_epochs * steps_per_epoch))
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else CPU. Asking for CUDA without one is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available")
-    return device
-
-
 def resolve_accelerator(config: TrainConfig) -> str:
     """Lightning's accelerator (``cpu`` or ``gpu``) for ``config.accelerator``.
 
