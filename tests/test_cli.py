@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pyro_genmodels.cli import main
-from pyro_genmodels.models.guides import family_class
 from pyro_genmodels.infer import kl_divergence
+from pyro_genmodels.models.guides import family_class
 from pyro_genmodels.runs import evaluate_run, load_run
 
 TRAIN = ["train", "--model", "vae", "--dataset", "digits", "--no-progress", "--latent-dim", "4",
