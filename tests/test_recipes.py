@@ -215,6 +215,15 @@ def test_resume_keeps_the_patience_counter(monkeypatch, tmp_path):
     assert len(again) == 9
 
 
+def test_resume_takes_the_new_patience():
+    from pyro_genmodels.infer.lightning import WarmupEarlyStopping
+
+    stopping = WarmupEarlyStopping(patience=5, warmup_epochs=0)
+    saved = WarmupEarlyStopping(patience=3, warmup_epochs=0).state_dict()
+    stopping.load_state_dict({**saved, "wait_count": 2})
+    assert (stopping.patience, stopping.wait_count) == (5, 2)
+
+
 def test_early_stopping_needs_validation_data():
     vae, data = _tiny()
     with pytest.raises(ValueError, match="early stopping .* needs validation data"):

@@ -272,6 +272,11 @@ class WarmupEarlyStopping(EarlyStopping):
                          check_on_train_epoch_end=True, verbose=False)  # fmt: skip
         self.warmup_epochs = float(warmup_epochs)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience  # --resume --patience N: the new N, not the checkpoint's
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
     def _run_early_stopping_check(self, trainer) -> None:
         wait = self.wait_count
         super()._run_early_stopping_check(trainer)
