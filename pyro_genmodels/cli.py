@@ -709,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":  # only train's --out is a run directory with a checkpoint
             hint = (
                 f"; the last complete epoch is checkpointed in {args.out} (continue with --resume)"
+                if (Path(args.out) / "checkpoint.pt").is_file()
+                else "; no epoch was complete, nothing was saved"
             )
         print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -249,3 +249,20 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
     # a finished run: nothing to do, and said so
     code, stdout, _ = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
     assert code == 0 and "has trained 2 of 2 epochs: nothing to do" in stdout
+
+
+def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(tmp_path):
+    out = tmp_path / "r"
+    proc = _train_process(out, "--epochs", "5", "--batch-size", "1")  # about 1400 steps an epoch
+    try:
+        deadline = time.time() + 120
+        while not (out / "train.lock").exists() and time.time() < deadline:
+            time.sleep(0.02)  # training has started
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert not (out / "checkpoint.pt").exists(), "an epoch finished: the test is too slow"
+    assert err.strip().splitlines()[-1] == (
+        "pyro-genmodels: interrupted; no epoch was complete, nothing was saved"
+    )
