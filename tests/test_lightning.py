@@ -315,3 +315,20 @@ def test_a_format_1_run_directory_loads_but_does_not_resume(tmp_path, capsys):
         assert torch.equal(module.state_dict()[key], value), key
     code, _, err = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
     assert_one_line_error(code, err, "is in checkpoint format 1 (before pyro-genmodels moved")
+
+
+def test_validation_of_a_bf16_mixed_run_is_in_float32():
+    """The validation ELBO of an exact model trained under bf16 autocast is its float32
+    log-likelihood: the number that picks best.pt is not computed in bfloat16."""
+    torch.manual_seed(0)
+    model = pg.create_model("gated-pixelcnn", image_shape=(1, 6, 6), hidden_channels=8,
+                            num_layers=2)  # fmt: skip
+    data = torch.bernoulli(torch.full((64, 1, 6, 6), 0.3))
+    config = TrainConfig(epochs=1, batch_size=32, precision="bf16-mixed", progress=False)
+    (row,) = fit(model, data, data[:32], config)
+    with torch.no_grad():
+        exact = model.log_prob(data[:32]).mean().item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model.log_prob(data[:32]).mean().item()
+    assert row["valid_elbo"] == pytest.approx(exact, rel=1e-6)
+    assert abs(half - exact) > 1e-4  # bfloat16 would have shown

@@ -140,11 +140,15 @@ class SVIModule(pl.LightningModule):
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
-        """Per-image ELBO (one sample, beta = 1) and KL, in nats."""
+        """Per-image ELBO (one sample, beta = 1) and KL, in nats, in the parameters' dtype
+        (never under the autocast of a mixed-precision run: these are the numbers that pick
+        ``best.pt``)."""
         net = self.net
-        elbo = log_importance_weights(net.model, net.guide, x, 1, allow_point_mass=True)
+        with torch.autocast(self.device.type, enabled=False):
+            elbo = log_importance_weights(net.model, net.guide, x, 1, allow_point_mass=True)
+            kl = kl_divergence(net.model, net.guide, x, allow_point_mass=True)
         self.valid_elbo.update(elbo)
-        self.valid_kl.update(kl_divergence(net.model, net.guide, x, allow_point_mass=True))
+        self.valid_kl.update(kl)
 
     # -- epochs ----------------------------------------------------------------------------
     def on_train_start(self) -> None:
