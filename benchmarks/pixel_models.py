@@ -8,9 +8,10 @@ draw 16 samples of 28x28 (the default, cached sampler; see benchmarks/sampling.p
 
 ``--speed`` instead times training of one model (``--models``, default the Gated PixelCNN;
 ``--hidden-channels``, ``--num-layers``) eager and with ``TrainConfig(compile=True)``
-(``torch.compile`` of the network) in the same process, over the same images: s/epoch of
-the second epoch (the first holds the compilation), then where the eager step spends its
-time (profile):
+(``torch.compile`` of the network), each in float32 and under ``precision="bf16-mixed"``
+(CPU autocast; validation and evaluation stay in float32), in the same process, over the
+same images: s/epoch of the second epoch (the first holds the compilation) and the train
+loss after it, then where the eager step spends its time (profile):
 
     .venv/bin/python benchmarks/pixel_models.py --speed --limit 10000 [--models pixelcnn]
 """
@@ -52,9 +53,12 @@ def speed(args) -> None:
     print("| training | s/epoch (epoch 2) | first epoch (s) | speed-up | train loss after 2 |")
     print("|---|---:|---:|---:|---:|")
     base = None
-    for label, compiled in (("eager (default)", False), ("torch.compile (--compile)", True)):
+    rows = (("eager, float32 (default)", False, "32"), ("torch.compile (--compile)", True, "32"),
+            ("eager, --precision bf16-mixed", False, "bf16-mixed"),
+            ("torch.compile, bf16-mixed", True, "bf16-mixed"))  # fmt: skip
+    for label, compiled, precision in rows:
         config = TrainConfig(epochs=2, batch_size=args.batch_size, progress=False,
-                             compile=compiled)  # fmt: skip
+                             compile=compiled, precision=precision)  # fmt: skip
         metrics = fit(build(), train, config=config)
         second = metrics[1]["seconds"]
         base = base or second

@@ -58,9 +58,10 @@ def test_zero_conditioning_is_the_plain_gated_pixelcnn():
     )
 
 
-def test_conditional_is_normalized_and_depends_on_z():
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_conditional_is_normalized_and_depends_on_z(kernel_size):
     torch.manual_seed(1)
-    vae = pixelvae()
+    vae = pixelvae(kernel_size=kernel_size)
     xs = binary_3x3()
     logs = []
     for z in (torch.zeros(2, dtype=torch.float64), torch.full((2,), 2.0, dtype=torch.float64)):

@@ -34,6 +34,7 @@ class PixelVAEConfig(VAEConfig):
     latent_dim: int = 32  # size of z
     hidden_channels: int = 32  # Gated PixelCNN feature maps
     num_layers: int = 2  # gated layers: shallow, so that z is used
+    kernel_size: int = 3  # gated layers after the first (which is 7 wide); Gulrajani et al.: 5
     context: Literal["vector", "map", "both"] = "both"  # how z conditions the PixelCNN
     context_dim: int = 64  # size of the conditioning vector computed from z
     map_channels: int = 8  # channels of the conditioning map computed from z
@@ -115,6 +116,7 @@ class PixelVAE(VAE):
             config.hidden_channels,
             config.num_layers,
             groups,
+            kernel_size=config.kernel_size,
             context_dim=config.context_dim if config.context in ("vector", "both") else 0,
             context_channels=config.map_channels if config.context in ("map", "both") else 0,
         )
