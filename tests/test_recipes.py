@@ -91,9 +91,45 @@ def test_the_vampprior_recipe_builds_the_papers_network():
     assert scale.max() <= torch.tensor(1.0).exp() * (1 + 1e-6)
 
 
+def test_the_pixel_recipes_load_into_exactly_the_documented_settings():
+    """Gulrajani et al.'s MNIST PixelVAE (mnist_pixelvae_train.py -L 12 -fs 5 -algo
+    cond_z_bias -dpx 16 -ldim 16: 8-conv encoder, z 16, 13 gated layers of 16 channels,
+    Adam 1e-3, batch 100, KL warm-up over 10000 iterations) and the Gated PixelCNN."""
+    expected = {
+        "pixelvae-mnist": (
+            dict(latent_dim=16, network="conv-deep", hidden_dims=(256,), hidden_channels=16,
+                 num_layers=13, kernel_size=5, context="vector", context_dim=16,
+                 likelihood="bernoulli", guide="diagonal", prior="standard"),
+            dict(epochs=400, patience=50, batch_size=100, lr=1e-3, anneal_epochs=20,
+                 anneal_per="step", objective="elbo", num_particles=1),
+        ),
+        "gated-pixelcnn-mnist": (
+            dict(hidden_channels=32, num_layers=13, kernel_size=5, likelihood="bernoulli"),
+            dict(epochs=400, patience=20, batch_size=100, lr=1e-3, anneal_epochs=0.0,
+                 objective="elbo"),
+        ),
+    }  # fmt: skip
+    for name, (model_keys, train_keys) in expected.items():
+        preset = load_preset(name)
+        assert (preset.model, preset.dataset, preset.binarization) == (
+            name.removesuffix("-mnist"), "binarized-mnist", "static"
+        )  # fmt: skip
+        config = make_config(preset.model, image_shape=(1, 28, 28), **preset.model_config)
+        for key, value in model_keys.items():
+            assert getattr(config, key) == value, (name, key)
+        train = TrainConfig(**preset.train)
+        for key, value in train_keys.items():
+            assert getattr(train, key) == value, (name, key)
+        model = pg.create_model(preset.model, image_shape=(1, 28, 28), **preset.model_config)
+        layers = model.pixel_net.layers if name == "pixelvae-mnist" else model.net.layers
+        assert [layer.k for layer in layers] == [7] + [5] * 12
+
+
 def test_unknown_preset_or_key_is_a_one_line_error_listing_the_valid_ones(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--preset", "vae-papr", "--out", tmp_path / "r")
-    assert_one_line_error(code, err, "unknown preset 'vae-papr'; valid: iwae-k5-paper, vae-paper")
+    assert_one_line_error(
+        code, err, "unknown preset 'vae-papr'; valid: gated-pixelcnn-mnist, iwae-k5-paper, pixelvae"
+    )
     bad = {
         "train_key.toml": ('model = "vae"\ndataset = "digits"\n[train]\nlearning_rate = 0.1\n',
                            "unknown [train] key(s) ['learning_rate']; valid: epochs, patience"),

@@ -10,6 +10,7 @@ from pyro import poutine
 from torch import nn
 
 import pyro_genmodels as pg
+from pyro_genmodels.nn.dense import DeepConvEncoder
 from pyro_genmodels.distributions import GaussianLikelihood
 from pyro_genmodels.infer import LatentScale, kl_divergence, log_marginal
 from pyro_genmodels.models import VAE, VAEConfig
@@ -170,3 +171,32 @@ def test_networks_make_param_statements_only_in_global_param_mode():
             n = len(list(vae.encoder.parameters()) + list(vae.posterior.parameters()))
         assert len(params) == (0 if local else n), params
         pyro.clear_param_store()
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32)])
+def test_deep_conv_network_is_gulrajanis_for_any_image(shape):
+    """network="conv-deep": the eight 3x3 convolutions of Gulrajani et al.'s MNIST encoder
+    (strides 2 at the 2nd, 4th and 6th) on grey and RGB 28x28 and 32x32 images, a decoder
+    back to the image's size, and the same option in the autoencoder and the PixelVAE."""
+    torch.manual_seed(0)
+    vae = pg.create_model("vae", image_shape=shape, network="conv-deep", latent_dim=16,
+                          hidden_dims=(256,), likelihood="gaussian")  # fmt: skip
+    convs = [m for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0], c.kernel_size) for c in convs] == [
+        (shape[0], 32, 1, (3, 3)), (32, 32, 2, (3, 3)), (32, 32, 1, (3, 3)),
+        (32, 64, 2, (3, 3)), (64, 64, 1, (3, 3)), (64, 64, 2, (3, 3)),
+        (64, 64, 1, (3, 3)), (64, 64, 1, (3, 3)),
+    ]  # fmt: skip
+    x = torch.rand(5, *shape, requires_grad=True)
+    features = vae.encoder(x)
+    assert features.shape == (5, 256)
+    (grad,) = torch.autograd.grad(features[0].sum(), x)
+    assert (grad[0].abs().sum(0) > 0).all()  # the 4x4 (ceil(H/8)) top sees every pixel
+    assert (grad[1:] == 0).all()  # and nothing of the other images
+    z = torch.randn(5, 16)
+    assert vae.decoder(z).shape == (5, vae.likelihood.param_channels, *shape[1:])
+    for name in ("autoencoder", "pixelvae"):
+        extra = {"hidden_channels": 24} if name == "pixelvae" else {}  # RGB: 3 channel groups
+        model = pg.create_model(name, image_shape=shape, network="conv-deep", latent_dim=4,
+                                hidden_dims=(32,), **extra)  # fmt: skip
+        assert isinstance(model.encoder, DeepConvEncoder)

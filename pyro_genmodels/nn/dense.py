@@ -216,7 +216,74 @@ class ConvDecoder(nn.Module):
         return self.net(h).reshape(*lead, *self.out_shape)
 
 
-NETWORKS = ("mlp", "conv")
+#: Gulrajani et al.'s (2017) MNIST encoder: (channels, stride) of its eight 3x3 convolutions
+DEEP_CONV = ((32, 1), (32, 2), (32, 1), (64, 2), (64, 1), (64, 2), (64, 1), (64, 1))
+
+
+def _halved(size: Sequence[int], times: int) -> tuple[int, int]:
+    h, w = size
+    for _ in range(times):
+        h, w = (h + 1) // 2, (w + 1) // 2  # a 3x3 stride-2 conv with padding 1: ceil(n / 2)
+    return h, w
+
+
+class DeepConvEncoder(nn.Module):
+    """The encoder of Gulrajani et al.'s MNIST PixelVAE, for any image size: eight 3x3
+    convolutions (:data:`DEEP_CONV`; H -> ceil(H / 8)) and a linear layer:
+    ``(..., C, H, W) -> (..., feature_dim)``."""
+
+    def __init__(self, image_shape: Sequence[int], feature_dim: int = 256, layer: str = "relu"):
+        super().__init__()
+        self.image_shape, self.feature_dim = tuple(image_shape), feature_dim
+        layers, channels = [], image_shape[0]
+        for out, stride in DEEP_CONV:
+            layers += conv(channels, out, layer, 3, stride=stride, padding=1)
+            channels = out
+        h, w = _halved(image_shape[1:], 3)
+        self.net = nn.Sequential(
+            *layers, nn.Flatten(), *dense(channels * h * w, feature_dim, layer)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-3]
+        return self.net(x.reshape(-1, *self.image_shape)).reshape(*lead, self.feature_dim)
+
+
+class DeepConvDecoder(nn.Module):
+    """The mirror of :class:`DeepConvEncoder` (their ``Decoder_no_blind`` before its
+    PixelCNN): a linear layer to 64 x ceil(H/8) x ceil(W/8), then 3x3 convolutions with a
+    4x4 stride-2 transposed convolution in place of each stride, cropped to the encoder's
+    sizes, and a 3x3 output convolution: ``(..., D) -> (..., P*C, H, W)``."""
+
+    def __init__(self, latent_dim: int, image_shape: Sequence[int], out_channels: int,
+                 layer: str = "relu"):  # fmt: skip
+        super().__init__()
+        _, h, w = image_shape
+        self.sizes = [_halved((h, w), i) for i in range(3, -1, -1)]  # smallest first
+        self.seed_shape = (DEEP_CONV[-1][0], *self.sizes[0])
+        self.out_shape = (int(out_channels), int(h), int(w))
+        self.fc = nn.Sequential(*dense(latent_dim, math.prod(self.seed_shape), layer))
+        blocks, channels = [], self.seed_shape[0]
+        for out, stride in reversed(DEEP_CONV[1:]):
+            args = (4, 2, 1) if stride == 2 else (3, 1, 1)
+            blocks.append(nn.Sequential(*conv(channels, out, layer, *args, transposed=stride == 2)))
+            channels = out
+        self.blocks = nn.ModuleList(blocks)
+        self.out = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        x = self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, *self.seed_shape)
+        stage = 0
+        for block in self.blocks:
+            x = block(x)
+            if x.shape[-2:] != self.sizes[stage]:  # after an upsampling: crop to the stage
+                stage += 1
+                x = x[..., : self.sizes[stage][0], : self.sizes[stage][1]]
+        return self.out(x).reshape(*lead, *self.out_shape)
+
+
+NETWORKS = ("mlp", "conv", "conv-deep")
 
 
 def make_encoder_decoder(
@@ -230,7 +297,9 @@ def make_encoder_decoder(
     """Build a matching (encoder, decoder) pair by name: ``"mlp"`` or ``"conv"``.
 
     For ``"mlp"`` the encoder uses ``hidden_dims`` and the decoder their reverse;
-    for ``"conv"`` the last of ``hidden_dims`` is the encoder's feature size.
+    for ``"conv"`` (two strided convolutions, H and W divisible by 4) and ``"conv-deep"``
+    (:class:`DeepConvEncoder`, any size) the last of ``hidden_dims`` is the encoder's
+    feature size.
     ``layer``: the kind of every hidden layer, ``"relu"`` or ``"gated"``.
     """
     _check_layer(layer)
@@ -246,5 +315,10 @@ def make_encoder_decoder(
         return (
             ConvEncoder(image_shape, feature_dim=hidden_dims[-1], layer=layer),
             ConvDecoder(latent_dim, image_shape, out_channels, layer=layer),
+        )
+    if network == "conv-deep":
+        return (
+            DeepConvEncoder(image_shape, feature_dim=hidden_dims[-1], layer=layer),
+            DeepConvDecoder(latent_dim, image_shape, out_channels, layer=layer),
         )
     raise ValueError(f"unknown network {network!r}; valid: {', '.join(NETWORKS)}")
