@@ -10,10 +10,10 @@ from pyro import poutine
 from torch import nn
 
 import pyro_genmodels as pg
-from pyro_genmodels.nn.dense import DeepConvEncoder
 from pyro_genmodels.distributions import GaussianLikelihood
 from pyro_genmodels.infer import LatentScale, kl_divergence, log_marginal
 from pyro_genmodels.models import VAE, VAEConfig
+from pyro_genmodels.nn.dense import DeepConvEncoder
 
 
 def small_vae(**kw):
