@@ -164,3 +164,22 @@ def test_embedding_plot(tmp_path):
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="unknown method"):
         plots.plot_embedding(z, torch.zeros(50), "umap")
+
+
+@pytest.mark.parametrize("context", ["vector", "map", "both"])
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_the_pixelvae_decoder_is_causal_with_the_context_attached(context, kernel_size):
+    """d output(i) / d x(j) is exactly zero for every pixel j >= i, with z's context vector
+    and map attached (float64), and not zero for some earlier pixel."""
+    torch.manual_seed(0)
+    vae = pixelvae(image_shape=(1, 5, 5), context=context, kernel_size=kernel_size,
+                   num_layers=3)  # fmt: skip
+    vector, cmap = vae.decoder(torch.randn(1, 2, dtype=torch.float64))
+    x = torch.bernoulli(torch.full((1, 1, 5, 5), 0.5, dtype=torch.float64)).requires_grad_()
+    out = vae.pixel_net(2 * x - 1, vector, cmap)
+    for i in range(25):
+        (grad,) = torch.autograd.grad(out[0, 0].flatten()[i], x, retain_graph=True)
+        grad = grad.flatten()
+        assert (grad[i:] == 0).all(), (i, grad)
+        if i > 0:
+            assert grad[:i].abs().sum() > 0
