@@ -251,6 +251,27 @@ def test_resume_keeps_the_patience_counter(monkeypatch, tmp_path):
     assert len(again) == 9
 
 
+def test_a_moved_run_directory_resumes_with_its_best_epoch(monkeypatch, tmp_path):
+    """Copied elsewhere (another machine, another folder) after 7 epochs, best at epoch 6:
+    epochs 8 and 9 are worse, so best.pt stays epoch 6."""
+    import shutil
+
+    _scripted(monkeypatch, SCRIPT)
+    config = TrainConfig(epochs=7, batch_size=16, progress=False)
+    vae, data = _tiny()
+    fit(vae, data, data, config, tmp_path / "here")
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    shutil.rmtree(tmp_path / "here")
+    vae, _ = _tiny()
+    rows = fit(vae, data, data, dataclasses.replace(config, epochs=9), tmp_path / "there",
+               resume=True)  # fmt: skip
+    assert [r["best_epoch"] for r in rows[6:]] == [6, 6, 6]
+    assert load_checkpoint(tmp_path / "there" / "best.pt")["epoch"] == 6
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == [
+        "best.pt", "checkpoint.pt", "metrics.jsonl"
+    ]  # fmt: skip
+
+
 def test_resume_takes_the_new_patience():
     from pyro_genmodels.infer.lightning import WarmupEarlyStopping
 

@@ -18,12 +18,13 @@ import dataclasses
 import math
 import sys
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pyro
 import torch
 import torchmetrics
-from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
@@ -290,6 +291,29 @@ class WarmupEarlyStopping(EarlyStopping):
         row["epochs_since_best"] = self.wait_count
         if trainer.should_stop:
             row["stopped_early"] = True
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` writing ``RUN_DIR/NAME.pt``. A run directory that
+    moved (copied to another machine, or another folder) resumes with its best score:
+    Lightning's own forgets it when the directory's path changed, and the first epoch after
+    such a resume would replace ``best.pt`` whatever its ELBO."""
+
+    FILE_EXTENSION = ".pt"
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        def here(path):
+            return str(Path(self.dirpath) / Path(path).name) if path else path
+
+        state = {
+            **state_dict,
+            "dirpath": self.dirpath,
+            "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()},
+        }
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = here(state[key])
+        super().load_state_dict(state)
 
 
 class RunDirectory(Checkpoint):

@@ -167,21 +167,18 @@ def finished(history: list[dict], config: TrainConfig) -> bool:
 
 def _trainer(config: TrainConfig, run_dir: Path | None, on_epoch_end, has_validation: bool):
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .lightning import ProgressBar, RunDirectory, WarmupEarlyStopping
+    from .lightning import ProgressBar, RunCheckpoint, RunDirectory, WarmupEarlyStopping
 
     if config.patience and not has_validation:
         raise ValueError("early stopping (patience > 0) needs validation data")
     callbacks = []
     if run_dir is not None:
         every = dict(dirpath=run_dir, save_on_train_epoch_end=True, enable_version_counter=False)
-        callbacks.append(ModelCheckpoint(filename="checkpoint", **every))
+        callbacks.append(RunCheckpoint(filename="checkpoint", **every))
         if has_validation:
-            callbacks.append(ModelCheckpoint(filename="best", monitor="valid_elbo", mode="max",
+            callbacks.append(RunCheckpoint(filename="best", monitor="valid_elbo", mode="max",
                                              save_weights_only=True, **every))  # fmt: skip
-        for c in callbacks:
-            c.FILE_EXTENSION = ".pt"
     if config.patience:
         callbacks.append(WarmupEarlyStopping(config.patience, config.anneal_epochs))
     callbacks.append(RunDirectory(run_dir, on_epoch_end))
