@@ -188,15 +188,19 @@ DATASET_DEFAULTS = {
 
 def _report(out: str, metrics: list[dict], stop: str) -> None:
     """What the run did: the best epoch, the stop reason, collapse, the next commands."""
+    from .infer.program import probe
     from .runs import active_units, load_run
 
     best = max((r for r in metrics if "valid_elbo" in r), key=lambda r: r["valid_elbo"],
                default=None)  # fmt: skip
     print(f"stopped: {stop}")
+    run = load_run(out, which="best")
+    x = run.dataset("valid", limit=2).fixed().to(run.module.device)
+    latent = probe(run.module.model, run.module.guide, x, check_estimable=False).has_latent
     if best is not None:
         line = f"best epoch {best['epoch']}: valid ELBO {best['valid_elbo']:.3f}"
-        kl = best.get("valid_kl", float("nan"))
-        units = active_units(load_run(out, which="best"))
+        kl = best.get("valid_kl", float("nan")) if latent else float("nan")
+        units = active_units(run) if latent else None
         if kl == kl:
             line += f", KL {kl:.2f} nats"
         if units is not None:
@@ -210,7 +214,8 @@ def _report(out: str, metrics: list[dict], stop: str) -> None:
                 "(--hidden-dims) or a smaller --latent-dim",
                 file=sys.stderr,
             )
-    print(f"next: pyro-genmodels evaluate {out} --num-samples 1000\n"
+    k = " --num-samples 1000" if latent else ""  # a model without latent is scored exactly
+    print(f"next: pyro-genmodels evaluate {out}{k}\n"
           f"      pyro-genmodels sample {out} --num 64 --out samples.png")  # fmt: skip
 
 

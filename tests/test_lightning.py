@@ -296,6 +296,13 @@ def test_posterior_collapse_is_reported(tmp_path, capsys):
     assert code == 0 and "collapse" not in err, err
     units = int(stdout.split(" of 8 active units")[0].rsplit(" ", 1)[-1])
     assert units >= 3, stdout
+    # a model without a latent has nothing to collapse, and is scored exactly
+    code, stdout, err = run(capsys, "train", "--model", "gated-pixelcnn", "--dataset", "digits",
+                            "--hidden-channels", 8, "--num-layers", 2, "--epochs", 1,
+                            "--no-progress", "--out", tmp_path / "c")  # fmt: skip
+    report = stdout.split("stopped:")[1]
+    assert code == 0 and "collapse" not in err and " KL " not in report, (stdout, err)
+    assert f"next: pyro-genmodels evaluate {tmp_path / 'c'}\n" in stdout
 
 
 def test_a_format_1_run_directory_loads_but_does_not_resume(tmp_path, capsys):
