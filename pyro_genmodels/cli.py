@@ -493,7 +493,8 @@ def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="draw images from a trained model into a PNG grid",
-        description="Sample from the model of a run (its latest checkpoint) into a PNG grid.",
+        description="Sample from the model of a run (its best checkpoint, or --checkpoint last) "
+        "or of a shipped checkpoint by name into a PNG grid.",
     )
     p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--num", type=_positive, required=True, help="number of images")
@@ -504,6 +505,12 @@ def _add_sample(sub) -> None:
         help="show the likelihood's mean (pixel probabilities) instead of a sample",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="the best validation epoch (default, as evaluate) or the last",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=cmd_sample)
 
@@ -515,7 +522,7 @@ def cmd_sample(args) -> int:
     from .runs import load_run
 
     _writable_output(args.out, ".png")
-    run = load_run(args.run_dir, args.device)
+    run = load_run(args.run_dir, args.device, args.checkpoint)
     torch.manual_seed(args.seed)
     kwargs = {"mean": True} if args.mean else {}
     images = run.module.sample(args.num, **kwargs)

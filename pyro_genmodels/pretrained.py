@@ -1,21 +1,23 @@
-"""Shipped checkpoints: ``pretrained/NAME/`` run directories with a model card.
+"""Shipped checkpoints: ``NAME/`` run directories with a model card, inside the package.
 
 Each holds ``best.pt`` (the module at its best validation ELBO, the weights a paper
 reports), ``metrics.jsonl`` (the training curve), ``evaluation.json`` (the output of
 the evaluation command in the card) and ``README.md`` (the model card). Being run
 directories, they work with every command that reads one::
 
-    pyro-genmodels evaluate pretrained/vae-vampprior-paper --num-samples 5000
+    pyro-genmodels evaluate vae-vampprior-paper --num-samples 5000
 
 and in Python ``load_pretrained("vae-vampprior-paper")`` returns the model. The folder
-is ``$PYRO_GENMODELS_PRETRAINED`` if set, else ``pretrained/`` of the source checkout.
+is ``$PYRO_GENMODELS_PRETRAINED`` if set, else the package's own ``checkpoints/`` (package
+data: it is in the wheel).
 
-``python -m pyro_genmodels.export RUN_DIR NAME --evaluation FILE.json`` copies a
-finished run there and writes its card.
+``python -m pyro_genmodels.export RUN_DIR NAME --evaluation FILE.json --out DIR`` copies a
+finished run to ``DIR/NAME`` (default: the current directory) and writes its card.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,10 +33,10 @@ EVALUATION_NAME = "evaluation.json"
 
 
 def pretrained_dir() -> Path:
-    """Where shipped checkpoints live: ``$PYRO_GENMODELS_PRETRAINED``, else the checkout's
-    ``pretrained/``."""
+    """Where shipped checkpoints live: ``$PYRO_GENMODELS_PRETRAINED``, else the package's
+    ``checkpoints/`` folder (package data)."""
     env = os.environ.get("PYRO_GENMODELS_PRETRAINED")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "pretrained"
+    return Path(env) if env else Path(__file__).resolve().parent / "checkpoints"
 
 
 def list_pretrained() -> list[str]:
@@ -78,6 +80,7 @@ def _card(
     evaluation: dict | None,
     note: str = "",
     train_config: dict | None = None,
+    sha256: str | None = None,
 ) -> str:
     meta = best["metadata"]
     data = meta["data"]
@@ -99,6 +102,7 @@ def _card(
         f"ELBO ({max(r.get('valid_elbo', float('-inf')) for r in metrics):.3f} nats)",
         f"- training time: {seconds / 3600:.2f} h of epochs (sum of `seconds` in metrics.jsonl)",
         f"- written by pyro-genmodels {meta.get('version', '?')}",
+        *([f"- sha256 of `best.pt`: `{sha256}`"] if sha256 else []),
         *([f"- {note}"] if note else []),
         "",
         "## Config",
@@ -118,7 +122,7 @@ def _card(
         ]
     if evaluation is not None:
         cmd = (
-            f"pyro-genmodels evaluate pretrained/{name} --num-samples "
+            f"pyro-genmodels evaluate {name} --num-samples "
             f"{evaluation['num_samples']} --split {evaluation['split']}"
         )
         lines += [
@@ -139,12 +143,21 @@ def _card(
 
 
 def export_pretrained(
-    run_dir: str | Path, name: str, evaluation: str | Path | None = None, note: str = ""
+    run_dir: str | Path,
+    name: str,
+    evaluation: str | Path | None = None,
+    note: str = "",
+    out_dir: str | Path = ".",
 ) -> Path:
-    """Copy a run's ``best.pt`` and ``metrics.jsonl`` to ``pretrained/NAME`` with a model card.
+    """Copy a run's ``best.pt`` and ``metrics.jsonl`` to ``out_dir/NAME`` with a model card
+    (to ship it: ``out_dir="pyro_genmodels/checkpoints"`` in the source tree).
 
     :param evaluation: the ``evaluate --json`` output of the run, quoted in the card.
     :param note: a line for the card (the machine, the wall time).
+
+    ``best.pt`` is written weights-only (``module_state`` and the run's metadata, the layout
+    every version reads) and its sha256 goes in the card, for ``load_pretrained(URL,
+    sha256=...)``.
 
     The card lists the model config, the data, the training settings (seed, optimizer,
     schedule: from ``best.pt``, or from the run's ``checkpoint.pt`` for runs older than that
@@ -154,9 +167,12 @@ def export_pretrained(
     best = load_checkpoint(run_dir / BEST_NAME)
     metrics = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
     result = json.loads(Path(evaluation).read_text()) if evaluation else None
-    out = pretrained_dir() / name
+    out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-    save_atomic(best, out / BEST_NAME)
+    keep = ("module_state", "metadata", "train_config", "metrics", "epoch", "step")
+    weights = {"format": best["format"], "version": 1, **{k: best[k] for k in keep if k in best}}
+    save_atomic(weights, out / BEST_NAME)
+    sha256 = hashlib.sha256((out / BEST_NAME).read_bytes()).hexdigest()
     shutil.copyfile(run_dir / METRICS_NAME, out / METRICS_NAME)
     if result is not None:
         write_text_atomic(json.dumps(result, indent=2) + "\n", out / EVALUATION_NAME)
@@ -165,6 +181,6 @@ def export_pretrained(
     train_config = best.get("train_config")
     if train_config is None and (run_dir / CHECKPOINT_NAME).exists():
         train_config = load_checkpoint(run_dir / CHECKPOINT_NAME).get("train_config")
-    card = _card(name, best, metrics, result, note, train_config)
+    card = _card(name, best, metrics, result, note, train_config, sha256)
     write_text_atomic(card, out / CARD_NAME)
     return out

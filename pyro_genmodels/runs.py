@@ -205,17 +205,26 @@ CHECKPOINT_CHOICES = ("best", "last")
 def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> Run:
     """Rebuild the trained module of a run directory.
 
+    :param run_dir: a run directory, or the name of a shipped checkpoint (``vae-paper``).
     :param which: ``"last"`` (the latest epoch) or ``"best"`` (the best validation ELBO;
-        falls back to the latest when the run has no ``best.pt``).
+        falls back to the latest when the run has no ``best.pt``, and the other way round
+        for a shipped checkpoint, which has only ``best.pt``).
     :raises CheckpointError: missing or corrupt checkpoint, or one for another model.
     """
     if which not in CHECKPOINT_CHOICES:
         raise ValueError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() and len(run_dir.parts) == 1:  # a shipped checkpoint's name
+        from .pretrained import list_pretrained, pretrained_path
+
+        if str(run_dir) in list_pretrained():
+            run_dir = pretrained_path(str(run_dir))
     if not run_dir.is_dir():
         raise CheckpointError(f"no run directory at {run_dir}")
     device = resolve_device(device)
     name = BEST_NAME if which == "best" and (run_dir / BEST_NAME).is_file() else CHECKPOINT_NAME
+    if not (run_dir / name).is_file() and (run_dir / BEST_NAME).is_file():
+        name = BEST_NAME  # a shipped checkpoint: its best epoch is all it has
     ckpt = load_checkpoint(run_dir / name, map_location=device)
     try:
         meta = ckpt["metadata"]

@@ -1,6 +1,7 @@
 """Issue 11: the papers' recipes as presets, early stopping, gated layers, shipped checkpoints."""
 
 import dataclasses
+import hashlib
 import json
 
 import pyro
@@ -402,7 +403,9 @@ def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", shipped, "--num-samples", 10, "--json",
                        tmp_path / "e.json", "--no-progress")  # fmt: skip
     assert code == 0, err
-    pretrained.export_pretrained(shipped, "tiny", tmp_path / "e.json")
+    pretrained.export_pretrained(
+        shipped, "tiny", tmp_path / "e.json", out_dir=tmp_path / "pretrained"
+    )
     assert pg.list_pretrained() == ["tiny"]
     after = pg.load_pretrained("tiny")
     assert not after.training
@@ -410,7 +413,10 @@ def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
     torch.testing.assert_close(log_marginal(after.model, after.guide, x, 50), expected, rtol=0,
                                atol=0)  # fmt: skip
     card = (tmp_path / "pretrained" / "tiny" / "README.md").read_text()
-    assert "pyro-genmodels evaluate pretrained/tiny --num-samples 10" in card
+    assert "pyro-genmodels evaluate tiny --num-samples 10" in card
+    sha = hashlib.sha256((tmp_path / "pretrained" / "tiny" / "best.pt").read_bytes()).hexdigest()
+    assert f"- sha256 of `best.pt`: `{sha}`" in card
+    assert "state_dict" not in load_checkpoint(tmp_path / "pretrained" / "tiny" / "best.pt")
     settings = _card_settings(card)
     assert settings == load_checkpoint(shipped / "checkpoint.pt")["train_config"]
     assert settings["seed"] == 0 and settings["batch_size"] == 64 and settings["epochs"] == 2
@@ -429,11 +435,15 @@ def test_the_card_takes_training_settings_from_the_run_when_best_pt_predates_the
     best = load_checkpoint(shipped / "best.pt")
     del best["train_config"]  # as written before best.pt carried the settings
     save_atomic(best, shipped / "best.pt")
-    card = (pretrained.export_pretrained(shipped, "old") / "README.md").read_text()
+    card = (
+        pretrained.export_pretrained(shipped, "old", out_dir=shipped.parent) / "README.md"
+    ).read_text()
     settings = _card_settings(card)
     assert settings == load_checkpoint(shipped / "checkpoint.pt")["train_config"]
     (shipped / "checkpoint.pt").unlink()
-    card = (pretrained.export_pretrained(shipped, "older") / "README.md").read_text()
+    card = (
+        pretrained.export_pretrained(shipped, "older", out_dir=shipped.parent) / "README.md"
+    ).read_text()
     assert "## Training settings" not in card and "## Config" in card
 
 
@@ -572,7 +582,9 @@ def test_shipped_checkpoints_are_listed_with_their_cards():
         path = pretrained.pretrained_path(name)
         card = (path / "README.md").read_text()
         result = json.loads((path / "evaluation.json").read_text())
-        assert f"pyro-genmodels evaluate pretrained/{name} --num-samples" in card
+        assert f"pyro-genmodels evaluate {name} --num-samples" in card
+        sha = hashlib.sha256((path / "best.pt").read_bytes()).hexdigest()
+        assert f"- sha256 of `best.pt`: `{sha}`" in card
         assert f"NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f}" in card
         assert result["num_examples"] == 10000 and result["num_samples"] == 5000
         module = pg.load_pretrained(name)
