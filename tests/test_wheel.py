@@ -35,10 +35,11 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
         "print(pg.list_pretrained()); vae = pg.load_pretrained('vae-paper'); "
         "print(type(vae).__name__, vae.config.latent_dim); "
         "from pyro_genmodels.cli import main; "
-        f"sys.exit(main(['sample', 'vae-paper', '--num', '4', '--out', {str(tmp_path / 's.png')!r}]))"
-    )  # fmt: skip
+        f"sys.exit(main(['sample', 'vae-paper', '--num', '4', '--out', PNG]))"
+    ).replace("PNG", repr(str(tmp_path / "s.png")))  # fmt: skip
+    env = {"PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+                          text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[:2] == ["['iwae-k5-paper', 'vae-paper', 'vae-vampprior-paper']", "VAE 40"]
