@@ -11,7 +11,7 @@ parameters in Pyro's global param store). Plain ``pyro.infer.SVI`` with a
 from . import models  # noqa: F401  (importing it fills the registry)
 from .registry import create_model, list_models
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .pretrained import list_pretrained, load_pretrained  # noqa: E402 (uses __version__)
 

@@ -697,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep generative models for images as Pyro programs: train, evaluate "
         "log p(x), sample.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"pyro-genmodels {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_evaluate(sub)

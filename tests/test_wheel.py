@@ -19,6 +19,7 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("pyro_genmodels-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert any(".dist-info/" in n and n.endswith("LICENSE") for n in names)  # MIT, shipped
     for name in ("vae-paper", "vae-vampprior-paper", "iwae-k5-paper"):
         for part in ("best.pt", "README.md", "evaluation.json", "metrics.jsonl"):
             assert f"pyro_genmodels/checkpoints/{name}/{part}" in names, (name, part)
@@ -44,3 +45,17 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[:2] == ["['iwae-k5-paper', 'vae-paper', 'vae-vampprior-paper']", "VAE 40"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_version_and_project_files(capsys):
+    import pyro_genmodels as pg
+    from pyro_genmodels.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"pyro-genmodels {pg.__version__}\n"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{pg.__version__}"' in pyproject
+    assert f"## {pg.__version__} " in (ROOT / "CHANGELOG.md").read_text()
+    assert f'version: "{pg.__version__}"' in (ROOT / "CITATION.cff").read_text()
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
