@@ -409,6 +409,7 @@ def cmd_evaluate(args) -> int:
     from .runs import evaluate_run
 
     json_path = _writable_output(args.json) if args.json else None  # fail before the work
+    _warn_if_training(args.run_dir)
     result = evaluate_run(
         args.run_dir,
         num_samples=args.num_samples,
@@ -433,6 +434,16 @@ def cmd_evaluate(args) -> int:
     print(_summary(result))
     _write_json(result, json_path)
     return 0
+
+
+def _warn_if_training(run_dir: str) -> None:
+    """A run still being trained is scored as it stands: say so, on stderr."""
+    from .infer.checkpoint import RunLock
+
+    holder = RunLock(run_dir).holder() if Path(run_dir).is_dir() else None
+    if holder is not None:
+        print(f"pyro-genmodels: warning: {run_dir} is still being trained (process {holder}); "
+              "scoring its checkpoints as they are now", file=sys.stderr)  # fmt: skip
 
 
 def _add_ais_options(p, with_gradient_dtype: bool = False) -> None:

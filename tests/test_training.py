@@ -238,6 +238,11 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
         assert holder.stdout.readline().strip() == "1"  # it holds the lock
         code, _, err = run(capsys, "train", "--resume", "--out", out, "--epochs", 2)
         assert_one_line_error(code, err, f"{out} is being trained by process {holder.pid}")
+        code, _, err = run(capsys, "evaluate", out, "--num-samples", 5, "--limit", 5,
+                           "--no-progress")  # fmt: skip
+        assert code == 0 and err.startswith(
+            f"pyro-genmodels: warning: {out} is still being trained (process {holder.pid})"
+        ), err
     finally:
         holder.kill()  # SIGKILL: the lock goes with the process
         holder.wait()

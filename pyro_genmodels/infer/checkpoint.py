@@ -150,6 +150,21 @@ class RunLock:
         f.flush()
         self.file = f
 
+    def holder(self) -> str | None:
+        """The PID of the process training the run now, or None (without taking the lock
+        for longer than the test)."""
+        import fcntl
+
+        if not self.path.is_file():
+            return None
+        with open(self.path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "?"
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
     def release(self) -> None:
         if self.file is not None:
             self.path.unlink(missing_ok=True)
