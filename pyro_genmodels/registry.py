@@ -66,15 +66,33 @@ def make_config(name: str, **config: Any) -> Any:
     return config_cls(**config)
 
 
-def create_model(name: str, **config: Any) -> Any:
+def create_model(name: str, pretrained: str | None = None, **config: Any) -> Any:
     """Create a registered model, like ``timm.create_model``.
 
     :param name: one of :func:`list_models`.
+    :param pretrained: the name of a shipped checkpoint (``list_pretrained()``) or a run
+        directory: the trained model, in eval mode, which must be a ``name`` model; config
+        keys given with it must equal the checkpoint's.
     :param config: keys of the model's config dataclass, e.g. ``image_shape=(1, 28, 28)``,
         ``likelihood="bernoulli"``, ``latent_dim=50``, ``guide="diagonal"``.
     :raises ValueError: for an unknown name or key, listing the valid ones.
+
+    >>> vae = create_model("vae", pretrained="vae-paper")  # doctest: +SKIP
     """
-    return model_from_config(name, make_config(name, **config))
+    if pretrained is None:
+        return model_from_config(name, make_config(name, **config))
+    from .runs import load_run
+
+    run = load_run(pretrained, which="best")
+    if run.model_name != name:
+        raise ValueError(f"{pretrained!r} holds a {run.model_name!r} model, not {name!r}")
+    saved = run.module.config_dict()
+    trained, asked = make_config(name, **saved), make_config(name, **{**saved, **config})
+    differ = sorted(k for k in config if getattr(asked, k) != getattr(trained, k))
+    if differ:
+        raise ValueError(f"{pretrained!r} was trained with other {', '.join(differ)}; leave "
+                         "them out to get the trained model")  # fmt: skip
+    return run.module
 
 
 def model_from_config(name: str, config: Any) -> Any:

@@ -608,3 +608,16 @@ def test_the_shipped_vae_reproduces_its_evaluation_image_by_image(monkeypatch):
         rtol=0,
         atol=1e-3,
     )
+
+
+def test_create_model_with_a_pretrained_name_is_the_shipped_model():
+    vae = pg.create_model("vae", pretrained="vae-paper")
+    shipped = pg.load_pretrained("vae-paper")
+    assert not vae.training
+    for key, value in shipped.state_dict().items():
+        assert torch.equal(vae.state_dict()[key], value), key
+    assert pg.create_model("vae", pretrained="vae-paper", latent_dim=40).config.latent_dim == 40
+    with pytest.raises(ValueError, match="'vae-paper' was trained with other latent_dim"):
+        pg.create_model("vae", pretrained="vae-paper", latent_dim=8)
+    with pytest.raises(ValueError, match="'vae-paper' holds a 'vae' model, not 'pixelcnn'"):
+        pg.create_model("pixelcnn", pretrained="vae-paper")
