@@ -59,18 +59,61 @@ def pretrained_path(name: str) -> Path:
     return path
 
 
-def load_pretrained(name: str, device: str = "cpu") -> torch.nn.Module:
-    """A shipped model by name (see :func:`list_pretrained`), in eval mode.
+def load_pretrained(
+    name: str | Path, device: str = "cpu", sha256: str | None = None
+) -> torch.nn.Module:
+    """A trained model, in eval mode, from a shipped checkpoint's name (see
+    :func:`list_pretrained`), a run directory, a checkpoint file, or an ``https://``,
+    ``http://`` or ``file://`` URL of a checkpoint file.
+
+    A URL is downloaded once into ``torch.hub``'s cache (``$TORCH_HOME/hub/checkpoints/
+    pyro-genmodels/``) with torch's downloader, which writes the file atomically; with
+    ``sha256`` the download is verified and a mismatch leaves nothing in the cache. A local
+    file given with ``sha256`` is verified too.
 
     >>> vae = load_pretrained("vae-vampprior-paper")  # doctest: +SKIP
     >>> log_px = log_marginal(vae.model, vae.guide, x, 5000)  # doctest: +SKIP
 
-    :raises ValueError: an unknown name; a checkpoint this version cannot read says why
-        (e.g. written by a newer pyro-genmodels).
+    :raises ValueError: an unknown name, a failed download or a wrong sha256; a checkpoint
+        this version cannot read says why (e.g. written by a newer pyro-genmodels).
     """
-    from .runs import load_run
+    from .runs import load_run, module_from_checkpoint
 
-    return load_run(pretrained_path(name), device, which="best").module
+    text = str(name)
+    if text.startswith(("https://", "http://", "file://")):
+        path = _download(text, sha256)
+    else:
+        path = Path(text)
+        if not path.exists() and len(path.parts) == 1:
+            path = pretrained_path(text)
+        if path.is_dir():
+            return load_run(path, device, which="best").module
+        if sha256 is not None:
+            _check_sha256(path, sha256)
+    return module_from_checkpoint(load_checkpoint(path, map_location="cpu"), path, device)
+
+
+def _check_sha256(path: Path, sha256: str) -> None:
+    got = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if got != sha256.lower():
+        raise ValueError(f"{path} has sha256 {got}, not the expected {sha256}")
+
+
+def _download(url: str, sha256: str | None) -> Path:
+    """The cached copy of ``url`` (downloaded now if absent)."""
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "checkpoint.pt"
+    folder = Path(torch.hub.get_dir()) / "checkpoints" / "pyro-genmodels"
+    path = folder / (f"{sha256[:16]}-{name}" if sha256 else name)
+    if path.is_file():
+        if sha256 is not None:
+            _check_sha256(path, sha256)
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    try:  # a temporary file beside the target, renamed when complete and verified
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256, progress=False)
+    except Exception as e:  # noqa: BLE001 - urllib, http and torch's hash check raise many types
+        raise ValueError(f"could not download {url}: {type(e).__name__}: {e}") from None
+    return path
 
 
 def _card(

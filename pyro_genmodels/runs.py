@@ -226,6 +226,14 @@ def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> R
     if not (run_dir / name).is_file() and (run_dir / BEST_NAME).is_file():
         name = BEST_NAME  # a shipped checkpoint: its best epoch is all it has
     ckpt = load_checkpoint(run_dir / name, map_location=device)
+    return Run(module_from_checkpoint(ckpt, run_dir, device), ckpt["metadata"], ckpt, run_dir)
+
+
+def module_from_checkpoint(ckpt: dict, source: str | Path, device) -> torch.nn.Module:
+    """The trained module of a loaded checkpoint (any format), on ``device``, in eval mode.
+
+    :raises CheckpointError: it is for a model or config this version cannot build.
+    """
     try:
         meta = ckpt["metadata"]
         model_config = upgrade_model_config(meta["model_config"])
@@ -236,10 +244,9 @@ def load_run(run_dir: str | Path, device: str = "cpu", which: str = "last") -> R
         newer = f" (written by pyro-genmodels {saved}, newer than this {__version__}: upgrade)"
         why = newer if saved and _version_key(saved) > _version_key(__version__) else ""
         raise CheckpointError(
-            f"{run_dir} holds a checkpoint this version cannot use{why}: {e}"
+            f"{source} holds a checkpoint this version cannot use{why}: {e}"
         ) from e
-    module.to(device).eval()
-    return Run(module, meta, ckpt, run_dir)
+    return module.to(resolve_device(device)).eval()
 
 
 def active_units(run: Run, limit: int = 2000) -> tuple[int, int] | None:

@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import pyro
 import pytest
@@ -621,3 +622,59 @@ def test_create_model_with_a_pretrained_name_is_the_shipped_model():
         pg.create_model("vae", pretrained="vae-paper", latent_dim=8)
     with pytest.raises(ValueError, match="'vae-paper' holds a 'vae' model, not 'pixelcnn'"):
         pg.create_model("pixelcnn", pretrained="vae-paper")
+
+
+def test_load_pretrained_from_a_url_verifies_and_caches(tmp_path, monkeypatch):
+    """A loopback server: the right sha256 loads the model and caches the file (no second
+    request); a wrong sha256 or a transfer cut in half is a one-line error that leaves
+    nothing in the cache."""
+    import http.server
+    import os
+    import threading
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    source = pretrained.pretrained_path("vae-paper") / "best.pt"
+    data = source.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "vae-paper.pt").write_bytes(data)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            if self.path == "/cut.pt":  # promises the whole file, sends half, hangs up
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / "pyro-genmodels"
+    try:
+        vae = pg.load_pretrained(f"{url}/vae-paper.pt", sha256=sha)
+        shipped = pg.load_pretrained("vae-paper")
+        for key, value in shipped.state_dict().items():
+            assert torch.equal(vae.state_dict()[key], value), key
+        pg.load_pretrained(f"{url}/vae-paper.pt", sha256=sha)
+        assert requests.count("/vae-paper.pt") == 1  # the second came from the cache
+        with pytest.raises(ValueError, match="could not download .*invalid hash value"):
+            pg.load_pretrained(f"{url}/vae-paper.pt", sha256="0" * 64)
+        with pytest.raises(ValueError, match="could not download .*cut.pt"):
+            pg.load_pretrained(f"{url}/cut.pt", sha256=sha)
+        assert sorted(os.listdir(cache)) == [f"{sha[:16]}-vae-paper.pt"]  # nothing partial
+        with pytest.raises(ValueError, match="has sha256 .*, not the expected 1111"):
+            pg.load_pretrained(source, sha256="1" * 64)  # a local file, verified too
+    finally:
+        server.shutdown()
