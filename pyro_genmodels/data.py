@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import zipfile
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ BINARIZATIONS = ("static", "dynamic")
 DATA_FORMATS = ("binary", "dequantized", "levels")
 ENV_DATA_DIR = "PYRO_GENMODELS_DATA"
 ENV_NO_DOWNLOAD = "PYRO_GENMODELS_NO_DOWNLOAD"
+ENV_BINARIZED_MNIST_URL = "PYRO_GENMODELS_BINARIZED_MNIST_URL"
 
 _MNIST_VALID = 10_000  # the last 10000 training images form the validation split
 _DIGITS_SPLIT = (1297, 200, 300)  # train / valid / test sizes of a fixed permutation
@@ -184,26 +186,74 @@ def _load_npz_labels(path: Path, key: str) -> np.ndarray:
     return arrays[key].astype(np.int64) if key in arrays else np.zeros(0, np.int64)
 
 
-def _binarized_mnist(split: str, root: Path) -> RawImages:
+#: where ``binarized-mnist`` downloads from: Larochelle & Murray's files, those the IWAE,
+#: PixelRNN and VampPrior code read (``$PYRO_GENMODELS_BINARIZED_MNIST_URL`` for a mirror)
+BINARIZED_MNIST_URL = (
+    "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+    "binarized_mnist_{split}.amat"
+)
+#: sha256 of each split's images as uint8 0/1, (N, 784) row-major: the files' content, which
+#: a reformatted mirror keeps (the bytes of a text file need not)
+BINARIZED_MNIST_SHA256 = {
+    "train": "43490d4d6ac9002727af4426d8748609fdb7e4094fa65ad8d681ea60082a7a5a",
+    "valid": "069b4f0beb389b776478c3e872b4df71c95ac4be64d7cbe6d32e24ebac8e6d5e",
+    "test": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
+}
+
+
+def _read_amat(path: Path) -> np.ndarray:
+    try:
+        arr = np.loadtxt(path, dtype=np.float32).reshape(-1, 28, 28)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable .amat file ({e})") from e
+    return _check_array(arr, str(path), binary=True)
+
+
+def _download_amat(split: str, root: Path) -> Path:
+    """Download ``binarized_mnist_{split}.amat`` into ``root``, check its content, and move
+    it into place only then (a failed or wrong download leaves no file)."""
+    import hashlib
+    import tempfile
+    import urllib.request
+
+    url = os.environ.get(ENV_BINARIZED_MNIST_URL, BINARIZED_MNIST_URL).format(split=split)
+    target = root / f"binarized_mnist_{split}.amat"
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=root)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, f)
+        arr = _read_amat(Path(tmp))
+        digest = hashlib.sha256(arr.reshape(len(arr), -1).astype(np.uint8).tobytes()).hexdigest()
+        if digest != BINARIZED_MNIST_SHA256[split]:
+            raise ValueError(f"the images of {url} have sha256 {digest}, not the expected "
+                             f"{BINARIZED_MNIST_SHA256[split]}")  # fmt: skip
+        os.replace(tmp, target)
+    except Exception as e:  # noqa: BLE001 - urllib, parsing and the checksum raise many types
+        raise DataNotFoundError(f"binarized-mnist: downloading {url} failed: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _binarized_mnist(split: str, root: Path, download: bool = False) -> RawImages:
     npz = root / "binarized_mnist.npz"
     if npz.is_file():
         x = _load_npz(npz, split, binary=True)
     else:
-        for base in (root, root / "binarized_mnist"):
-            amat = base / f"binarized_mnist_{split}.amat"
-            if amat.is_file():
-                try:
-                    arr = np.loadtxt(amat, dtype=np.float32).reshape(-1, 28, 28)
-                except ValueError as e:
-                    raise ValueError(f"{amat} is not a readable .amat file ({e})") from e
-                x = _check_array(arr, str(amat), binary=True)
-                break
-        else:
+        found = [b / f"binarized_mnist_{split}.amat" for b in (root, root / "binarized_mnist")]
+        found = [a for a in found if a.is_file()]
+        if not found and download:
+            found = [_download_amat(split, root)]
+        if not found:
+            how = "" if download else " (downloads are disabled)"
             raise DataNotFoundError(
                 f"binarized-mnist not found in {root} (looked for binarized_mnist.npz and "
-                f"binarized_mnist_{split}.amat); pass --data-dir or set ${ENV_DATA_DIR} to a "
-                "directory holding binarized_mnist.npz"
+                f"binarized_mnist_{split}.amat){how}; pass --data-dir (data_dir= in Python) or "
+                f"set ${ENV_DATA_DIR} to a directory holding binarized_mnist.npz"
             )
+        x = _read_amat(found[0])
     return RawImages(torch.from_numpy(x)[:, None], None, True, "binarized-mnist", split)
 
 
@@ -362,9 +412,9 @@ def load_raw(
     if name == "photo-patches":
         return RawImages(photo_patches(split), None, False, name, split)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if name == "binarized-mnist":
-        return _binarized_mnist(split, root)
     download = download and not os.environ.get(ENV_NO_DOWNLOAD)
+    if name == "binarized-mnist":
+        return _binarized_mnist(split, root, download)
     if name == "cifar10":
         return _cifar10(split, root, download)
     if name == "svhn":

@@ -110,3 +110,60 @@ def test_shared_mnist_files():
     m = load_raw("mnist", "test", root)
     assert m.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert len(load_raw("mnist", "train", root).images) == 50_000
+
+
+def test_binarized_mnist_downloads_checks_and_never_leaves_a_bad_file(tmp_path, monkeypatch):
+    """Larochelle & Murray's .amat layout served by a loopback server: the download is read,
+    its images' sha256 checked, and only then written into the data directory; a wrong
+    checksum or a dead server is a one-line error that leaves no file."""
+    import hashlib
+    import http.server
+    import threading
+
+    from pyro_genmodels import data
+
+    gen = np.random.default_rng(0)
+    splits = {s: (gen.random((n, 784)) < 0.3).astype(np.uint8)
+              for s, n in (("train", 5), ("valid", 3), ("test", 4))}  # fmt: skip
+    served = tmp_path / "served"
+    served.mkdir()
+    for split, arr in splits.items():
+        text = "\n".join(" ".join(str(v) for v in row) for row in arr) + "\n"
+        (served / f"binarized_mnist_{split}.amat").write_text(text)
+    sums = {s: hashlib.sha256(a.tobytes()).hexdigest() for s, a in splits.items()}
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("PYRO_GENMODELS_NO_DOWNLOAD")
+    url = f"http://127.0.0.1:{server.server_port}/binarized_mnist_{{split}}.amat"
+    monkeypatch.setenv("PYRO_GENMODELS_BINARIZED_MNIST_URL", url)
+    root = tmp_path / "data"
+    try:
+        monkeypatch.setattr(data, "BINARIZED_MNIST_SHA256", {**sums, "valid": "0" * 64})
+        with pytest.raises(data.DataNotFoundError, match="have sha256 .*not the expected 0000"):
+            data.load_raw("binarized-mnist", "valid", root)
+        assert not root.exists() or list(root.iterdir()) == []  # nothing half-right is kept
+        monkeypatch.setattr(data, "BINARIZED_MNIST_SHA256", sums)
+        for split, arr in splits.items():
+            raw = data.load_raw("binarized-mnist", split, root)
+            assert raw.binary and torch.equal(raw.images.reshape(len(arr), 784),
+                                              torch.from_numpy(arr))  # fmt: skip
+        assert sorted(p.name for p in root.iterdir()) == [
+            f"binarized_mnist_{s}.amat" for s in ("test", "train", "valid")
+        ]  # fmt: skip
+    finally:
+        server.shutdown()
+    server.server_close()
+    monkeypatch.setenv("PYRO_GENMODELS_BINARIZED_MNIST_URL", url)  # nothing listens now
+    with pytest.raises(data.DataNotFoundError, match="binarized-mnist: downloading .* failed"):
+        data.load_raw("binarized-mnist", "test", tmp_path / "empty")
+    monkeypatch.setenv("PYRO_GENMODELS_NO_DOWNLOAD", "1")
+    with pytest.raises(data.DataNotFoundError, match="downloads are disabled.*data_dir= in Py"):
+        data.load_raw("binarized-mnist", "test", tmp_path / "empty")
