@@ -13,6 +13,8 @@ fields, so an unknown key fails loudly instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -54,15 +56,39 @@ def config_keys(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(_lookup(name)[1])]
 
 
+def did_you_mean(word: str, valid) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``valid`` to a misspelt ``word``, or
+    ``""``."""
+    close = difflib.get_close_matches(str(word), [str(v) for v in valid], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def make_config(name: str, **config: Any) -> Any:
-    """Build (and validate) the config dataclass of model ``name``."""
+    """Build (and validate) the config dataclass of model ``name``.
+
+    :raises ValueError: an unknown key (with the closest valid one), or a value of the wrong
+        type, naming the key and the type its field expects.
+    """
     _, config_cls = _lookup(name)
-    valid = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(config) - valid)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(config) - set(fields))
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {unknown} for model {name!r}; valid keys: {sorted(valid)}"
+            f"unknown config key(s) {unknown} for model {name!r}"
+            f"{did_you_mean(unknown[0], fields)}; valid keys: {sorted(fields)}"
         )
+    hints = typing.get_type_hints(config_cls)
+    for key, value in config.items():
+        expected = hints.get(key)
+        options = typing.get_args(expected)
+        if type(None) in options:  # X | None: None is fine, else check X
+            rest = [t for t in options if t is not type(None)]
+            expected = None if value is None or len(rest) != 1 else rest[0]
+        if expected in (int, float) and not (
+            isinstance(value, int | float) and not isinstance(value, bool)
+        ):
+            raise ValueError(f"{key} must be {'an int' if expected is int else 'a number'}, "
+                             f"got {value!r}")  # fmt: skip
     return config_cls(**config)
 
 
@@ -105,5 +131,8 @@ def model_from_config(name: str, config: Any) -> Any:
 
 def _lookup(name: str) -> tuple[type, type]:
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+        raise ValueError(
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; valid models: "
+            f"{', '.join(list_models())}"
+        )
     return _REGISTRY[name]

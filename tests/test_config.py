@@ -233,3 +233,15 @@ def test_image_grid_is_torchvisions_with_an_explicit_value_range():
 def test_vae_config_documents_every_field():
     comments = field_comments(VAEConfig)
     assert set(VAEConfig.__dataclass_fields__) <= set(comments)
+
+
+def test_misspelt_names_and_mistyped_values_get_a_precise_message(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--model", "vea", "--dataset", "digits", "--out",
+                       tmp_path / "r")  # fmt: skip
+    assert_one_line_error(code, err, "unknown model 'vea' (did you mean 'vae'?); valid models:")
+    code, _, err = run(capsys, *TRAIN, "--set", "latnt_dim=4", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "['latnt_dim'] for model 'vae' (did you mean 'latent_dim'?)")
+    code, _, err = run(capsys, *TRAIN, "--set", "latent_dim=four", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "latent_dim must be an int, got 'four'")
+    with pytest.raises(ValueError, match="gaussian_scale must be a number, got 'small'"):
+        pg.create_model("vae", image_shape=(1, 8, 8), gaussian_scale="small")
