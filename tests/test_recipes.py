@@ -136,7 +136,8 @@ def test_unknown_preset_or_key_is_a_one_line_error_listing_the_valid_ones(tmp_pa
         "train_key.toml": ('model = "vae"\ndataset = "digits"\n[train]\nlearning_rate = 0.1\n',
                            "unknown [train] key(s) ['learning_rate']; valid: epochs, patience"),
         "model_key.toml": ('model = "vae"\ndataset = "digits"\n[model_config]\nlatent = 4\n',
-                           "unknown config key(s) ['latent'] for model 'vae'; valid keys:"),
+                           "unknown config key(s) ['latent'] for model 'vae' (did you mean "
+                           "'latent_dim'?)"),
         "top_key.toml": ('model = "vae"\ndataset = "digits"\nepochs = 3\n',
                          "unknown key(s) ['epochs']; valid: description, reference, model"),
         "guide_key.toml": ('model = "vae"\ndataset = "digits"\n[model_config.guide_options]\n'
