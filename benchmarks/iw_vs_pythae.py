@@ -47,7 +47,9 @@ from pyro_genmodels.distributions import likelihoods
 from pyro_genmodels.infer import log_marginal
 from pyro_genmodels.infer.program import CPU_CHUNK_BYTES
 
-PYTHAE_RUN = r"""
+#: pythae's view of our VAE (formatted with root, threads, state): the very same encoder,
+#: posterior and decoder modules behind pythae's BaseEncoder / BaseDecoder
+PYTHAE_MODEL = r"""
 import json, sys, time, numpy as np, torch
 sys.path.insert(0, {root!r})
 import pyro_genmodels as pg
@@ -58,7 +60,6 @@ from pythae.models.nn import BaseDecoder, BaseEncoder
 torch.set_num_threads({threads})
 ours = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50, hidden_dims=(200, 200))
 ours.load_state_dict(torch.load({state!r}))
-ours.eval()
 
 
 class Encoder(BaseEncoder):
@@ -78,8 +79,12 @@ class Decoder(BaseDecoder):
 
     def forward(self, z):
         return ModelOutput(reconstruction=torch.sigmoid(self.decoder(z)))
+"""
 
-
+PYTHAE_RUN = (
+    PYTHAE_MODEL
+    + r"""
+ours.eval()
 config = VAEConfig(input_dim=(1, 28, 28), latent_dim=50, reconstruction_loss="bce")
 vae = VAE(config, encoder=Encoder(), decoder=Decoder()).eval()
 x = torch.load({data!r})
@@ -95,6 +100,7 @@ for batch in {batches}:
     out.append(dict(batch=batch, seconds=min(times), nll=float(nll)))
 print(json.dumps(out))
 """
+)
 
 
 @contextlib.contextmanager

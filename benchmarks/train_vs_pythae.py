@@ -27,43 +27,17 @@ from pathlib import Path
 import pyro
 import torch
 from _common import ROOT, binarized_mnist, machine, write_table
+from iw_vs_pythae import PYTHAE_MODEL
 
 import pyro_genmodels as pg
 from pyro_genmodels.infer import TrainConfig, fit
 
-PYTHAE_TRAIN = r"""
-import json, sys, time, torch
-sys.path.insert(0, {root!r})
-import pyro_genmodels as pg
+PYTHAE_TRAIN = (
+    PYTHAE_MODEL
+    + r"""
 from pythae.data.datasets import BaseDataset
-from pythae.models import VAE, VAEConfig
-from pythae.models.base.base_utils import ModelOutput
-from pythae.models.nn import BaseDecoder, BaseEncoder
 from pythae.trainers import BaseTrainer, BaseTrainerConfig
 from pythae.trainers.training_callbacks import TrainingCallback
-
-torch.set_num_threads({threads})
-ours = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50, hidden_dims=(200, 200))
-ours.load_state_dict(torch.load({state!r}))
-
-
-class Encoder(BaseEncoder):
-    def __init__(self):
-        super().__init__()
-        self.encoder, self.posterior = ours.encoder, ours.posterior
-
-    def forward(self, x):
-        q = self.posterior(self.encoder(x)).base_dist
-        return ModelOutput(embedding=q.loc, log_covariance=2 * q.scale.log())
-
-
-class Decoder(BaseDecoder):
-    def __init__(self):
-        super().__init__()
-        self.decoder = ours.decoder
-
-    def forward(self, z):
-        return ModelOutput(reconstruction=torch.sigmoid(self.decoder(z)))
 
 
 class Clock(TrainingCallback):
@@ -89,6 +63,7 @@ trainer = BaseTrainer(vae, BaseDataset(x, torch.zeros(len(x))), None, train_conf
 trainer.train()
 print(json.dumps(clock.seconds))
 """
+)
 
 
 def ours(x: torch.Tensor, epochs: int) -> list[float]:
