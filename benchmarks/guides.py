@@ -17,8 +17,9 @@ from pathlib import Path
 
 from _common import data_dir, machine, write_table
 
+from pyro_genmodels.evaluation import evaluate_run
 from pyro_genmodels.infer import TrainConfig
-from pyro_genmodels.runs import evaluate_run, train_run
+from pyro_genmodels.runs import train_run
 
 BASE = {"latent_dim": 50, "hidden_dims": (512, 256)}
 #: (label, model config, objective, particles)
@@ -66,7 +67,9 @@ def main() -> None:
             "vae", "binarized-mnist", run_dir, {**BASE, **config}, train_config, root,
             resume=resume,
         )  # fmt: skip
-        r = evaluate_run(run_dir, args.num_samples, limit=args.test_limit, progress=False)
+        r = evaluate_run(
+            run_dir, num_samples=args.num_samples, limit=args.test_limit, progress=False
+        )
         seconds = sum(m["seconds"] for m in metrics) / len(metrics)
         row = {"label": label, "objective": objective, "seconds_per_epoch": seconds, **r}
         rows.append(row)

@@ -27,9 +27,10 @@ import torch
 from _common import binarized_mnist, data_dir, machine, write_table
 
 import pyro_genmodels as pg
+from pyro_genmodels.evaluation import evaluate_run
 from pyro_genmodels.infer import TrainConfig, fit
 from pyro_genmodels.plots import plot_images
-from pyro_genmodels.runs import evaluate_run, load_run, train_run
+from pyro_genmodels.runs import load_run, train_run
 
 MODELS = ["pixelcnn", "gated-pixelcnn", "pixelrnn", "diagonal-bilstm"]
 
@@ -111,7 +112,7 @@ def main() -> None:
             name, "binarized-mnist", run_dir, config, train_config, root, args.limit,
             resume=resume,
         )  # fmt: skip
-        result = evaluate_run(run_dir, 1, limit=args.test_limit, progress=False)
+        result = evaluate_run(run_dir, num_samples=1, limit=args.test_limit, progress=False)
         run = load_run(run_dir, which="best")
         torch.manual_seed(0)
         start = time.perf_counter()

@@ -19,14 +19,31 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
+    """argparse with one-line errors, and "did you mean" for a misspelt choice."""
 
     def error(self, message: str):
+        import difflib
+        import re
+
+        wrong = re.match(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if wrong:
+            flag, value, valid = wrong[1], wrong[2], re.findall(r"'([^']*)'", wrong[3])
+            close = difflib.get_close_matches(value, valid, n=1)
+            mean = f" (did you mean {close[0]!r}?)" if close else ""
+            message = f"argument {flag}: invalid choice {value!r}{mean}; valid: {', '.join(valid)}"
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: Python arguments that library messages name, and the flags that set them here
+PYTHON_TO_FLAG = {"data_dir=": "--data-dir"}
+
+
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    """The message on one line, naming the command's flags instead of Python arguments."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    for argument, flag in PYTHON_TO_FLAG.items():
+        text = text.replace(argument, flag)
+    return text
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -75,12 +92,32 @@ def _positive(text: str) -> int:
 MODEL_DEST, GUIDE_DEST, TRAIN_DEST = "model.", "guide.", "train."
 
 
+#: TrainConfig fields that say where and how the steps run, not what is optimized
+ENGINE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "compile",
+                 "logger", "validate", "progress")  # fmt: skip
+#: model config fields shown with the guide options
+GUIDE_FIELDS = ("guide", "prior")
+
+TRAIN_EXAMPLES = """examples:
+  # a VAE on the embedded digits (offline, about a minute on a laptop CPU)
+  pyro-genmodels train --model vae --dataset digits --out runs/digits
+  # a published recipe, then its figures
+  pyro-genmodels train --preset vae-paper --out runs/vae-paper
+  pyro-genmodels evaluate runs/vae-paper --num-samples 5000
+  # another posterior family with one of its options, on a GPU in mixed precision
+  pyro-genmodels train --model vae --dataset binarized-mnist --guide low-rank --rank 4 \\
+      --accelerator gpu --precision bf16-mixed --out runs/low-rank
+"""
+
+
 def _add_train(sub) -> None:
     from .configargs import add_config_arguments
     from .data import BINARIZATIONS, DATASETS
+    from .distributions import LIKELIHOODS
     from .infer import TrainConfig
     from .models.guides import family_class, list_families
-    from .registry import config_classes
+    from .models.priors import PRIORS
+    from .registry import config_classes, list_models
 
     p = sub.add_parser(
         "train",
@@ -90,8 +127,12 @@ def _add_train(sub) -> None:
         "and training options are generated from the config dataclasses (pyro-genmodels list "
         "shows each model's keys); --set KEY=VALUE passes any model key, guide.KEY=VALUE any "
         "guide option.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    recipe = p.add_mutually_exclusive_group()
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, help="run directory")
+    recipe = run.add_mutually_exclusive_group()
     recipe.add_argument(
         "--preset",
         metavar="NAME",
@@ -101,42 +142,8 @@ def _add_train(sub) -> None:
     recipe.add_argument(
         "--config", metavar="FILE.toml", help="start from a recipe file (the --preset format)"
     )
-    p.add_argument(
-        "--model", help="model name (pyro-genmodels list); required unless --resume or a recipe"
-    )
-    p.add_argument(
-        "--dataset", choices=DATASETS, help="data set; required unless --resume or a recipe"
-    )
-    p.add_argument("--data-dir", help="data directory (default: $PYRO_GENMODELS_DATA or cache)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--limit", type=_positive, help="keep the first N training examples")
-    p.add_argument(
-        "--binarization",
-        choices=BINARIZATIONS,
-        help="for Bernoulli likelihoods on grey-level data: sample once (static, the "
-        "default) or every batch (dynamic); binarized-mnist is static",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-download", action="store_true", help="never try to download data")
-    add_config_arguments(
-        p.add_argument_group("training"),
-        {"train": TrainConfig},
-        TRAIN_DEST,
-        aliases={"epochs": ["--max-epochs"], "accelerator": ["--device"]},
-    )
-    add_config_arguments(
-        p.add_argument_group("model (keys of each model's config)"),
-        # the VAE first: its comments document the keys it shares with the others
-        dict(sorted(config_classes().items(), key=lambda kv: (kv[0] != "vae", kv[0]))),
-        MODEL_DEST,
-        skip=("image_shape", "guide_options"),
-    )
-    add_config_arguments(
-        p.add_argument_group("guide options (nested under --guide)"),
-        {f"guide {name}": family_class(name).Options for name in list_families()},
-        GUIDE_DEST,
-    )
-    p.add_argument(
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument(
         "--set",
         type=_key_value,
         action="append",
@@ -145,6 +152,54 @@ def _add_train(sub) -> None:
         help="any model config key (e.g. --set gaussian_scale=0.1), or guide.KEY for a guide "
         "option (e.g. --set guide.rank=4)",
     )
+    models = dict(sorted(config_classes().items(), key=lambda kv: (kv[0] != "vae", kv[0])))
+    model = p.add_argument_group("model (keys of each model's config)")
+    model.add_argument(
+        "--model",
+        choices=list_models(),
+        help="model name (pyro-genmodels list); required unless --resume or a recipe",
+    )
+    add_config_arguments(
+        model,
+        models,  # the VAE first: its comments document the keys it shares with the others
+        MODEL_DEST,
+        skip=("image_shape", "guide_options", *GUIDE_FIELDS),
+        choices={"likelihood": LIKELIHOODS},
+    )
+    guide = p.add_argument_group("guide: q(z|x) and the prior (each family's options nested)")
+    add_config_arguments(
+        guide,
+        {name: cls for name, cls in models.items() if "guide" in cls.__dataclass_fields__},
+        MODEL_DEST,
+        only=GUIDE_FIELDS,
+        choices={"guide": list_families(), "prior": ("auto", *PRIORS)},
+    )
+    add_config_arguments(
+        guide, {f"guide {name}": family_class(name).Options for name in list_families()},
+        GUIDE_DEST,
+    )  # fmt: skip
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset", choices=DATASETS, help="data set; required unless --resume or a recipe"
+    )
+    data.add_argument("--data-dir", help="data directory (default: $PYRO_GENMODELS_DATA or cache)")
+    data.add_argument("--limit", type=_positive, help="keep the first N training examples")
+    data.add_argument(
+        "--binarization",
+        choices=BINARIZATIONS,
+        help="for Bernoulli likelihoods on grey-level data: sample once (static, the "
+        "default) or every batch (dynamic); binarized-mnist is static",
+    )
+    data.add_argument("--no-download", action="store_true", help="never try to download data")
+    add_config_arguments(
+        p.add_argument_group("training"), {"train": TrainConfig}, TRAIN_DEST,
+        skip=ENGINE_FIELDS, aliases={"epochs": ["--max-epochs"]},
+    )  # fmt: skip
+    add_config_arguments(
+        p.add_argument_group("engine (Lightning: where and how the steps run)"),
+        {"train": TrainConfig}, TRAIN_DEST, only=ENGINE_FIELDS,
+        aliases={"accelerator": ["--device"]},
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
 
@@ -314,53 +369,55 @@ def _nothing_to_do(out: str, train_config: dict) -> bool:
     return False
 
 
+EVAL_DEST, RUN_DEST, DATA_DEST = "eval.", "run.", "data."
+
+
+def _add_command_options(p, config_cls, with_data: bool) -> None:
+    """The options of ``config_cls``, then which run and (``with_data``) which images."""
+    from .configargs import add_config_arguments
+    from .evaluation import DataOptions, RunOptions
+
+    add_config_arguments(p.add_argument_group("settings"), {"": config_cls}, EVAL_DEST)
+    add_config_arguments(p.add_argument_group("run"), {"": RunOptions}, RUN_DEST)
+    if with_data:
+        add_config_arguments(p.add_argument_group("images"), {"": DataOptions}, DATA_DEST)
+
+
+def _options(args, config_cls):
+    """The command's config, run options and data options from what the user gave; a bad
+    value is a ValueError that names the flag (``--ais-steps``), not the field."""
+    import re
+
+    from .configargs import given
+    from .evaluation import DataOptions, RunOptions
+
+    built = []
+    for cls, dest in ((config_cls, EVAL_DEST), (RunOptions, RUN_DEST), (DataOptions, DATA_DEST)):
+        try:
+            built.append(cls(**given(args, dest)))
+        except ValueError as e:
+            names = "|".join(cls.__dataclass_fields__)
+            flags = re.sub(rf"\b({names})\b", lambda m: "--" + m[1].replace("_", "-"), str(e))
+            raise ValueError(flags) from None
+    return tuple(built)
+
+
 def _add_evaluate(sub) -> None:
-    from .data import DATASETS, SPLITS
+    from .evaluation import EvalConfig
 
     p = sub.add_parser(
         "evaluate",
         help="importance-weighted (or exact) test log p(x) of a run, with PSIS diagnostics",
         description="Estimate log p(x) per example by importance sampling from q(z|x) "
         "(exact for models without latents) and print NLL, ELBO, bits/dim, KL and Pareto k.",
+        epilog="examples:\n  pyro-genmodels evaluate vae-paper --num-samples 1000 --limit 500\n"
+        "  pyro-genmodels evaluate runs/vae --method ais --ais-steps 500 --limit 100\n"
+        "  pyro-genmodels evaluate runs/vae --json results.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", help="a run directory written by train")
-    p.add_argument("--num-samples", type=_positive, default=5000, help="K per image (5000)")
-    p.add_argument(
-        "--method",
-        choices=("iw", "ais"),
-        default="iw",
-        help="iw: importance sampling from q(z|x) with K = --num-samples (default); ais: "
-        "annealed importance sampling from q(z|x) to the posterior with HMC moves",
-    )
-    _add_ais_options(p, with_gradient_dtype=True)
-    p.add_argument("--split", choices=SPLITS, default="test", help="data split (test)")
-    p.add_argument("--limit", type=_positive, help="evaluate the first N examples of the split")
+    p.add_argument("run_dir", help="a run directory written by train, or a shipped name")
     p.add_argument("--json", help="write the results as JSON to this file")
-    p.add_argument("--dataset", choices=DATASETS, help="another data set of the same shape")
-    p.add_argument("--data-dir", help="data directory (default: the run's, then the usual)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument(
-        "--devices",
-        type=_positive,
-        default=1,
-        help="shard the images over this many processes (GPUs with --device cuda or auto "
-        "and CUDA, else CPU processes); the same per-image numbers as one process (1)",
-    )
-    p.add_argument("--batch-size", type=_positive, help="examples per batch (100)")
-    p.add_argument(
-        "--prior-samples",
-        type=int,
-        default=0,
-        help="also the naive estimate with this many z ~ p(z) per image (0: off)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument(
-        "--checkpoint",
-        choices=("best", "last"),
-        default="best",
-        help="best: the epoch with the best validation ELBO (default); last: the latest",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_command_options(p, EvalConfig, with_data=True)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -406,29 +463,12 @@ def _summary(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .runs import evaluate_run
+    from .evaluation import EvalConfig, evaluate_run
 
     json_path = _writable_output(args.json) if args.json else None  # fail before the work
+    config, run, data = _options(args, EvalConfig)
     _warn_if_training(args.run_dir)
-    result = evaluate_run(
-        args.run_dir,
-        num_samples=args.num_samples,
-        split=args.split,
-        limit=args.limit,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        device=args.device,
-        batch_size=args.batch_size,
-        prior_samples=args.prior_samples,
-        seed=args.seed,
-        progress=not args.no_progress,
-        which=args.checkpoint,
-        method=args.method,
-        ais_steps=args.ais_steps,
-        ais_chains=args.ais_chains,
-        devices=args.devices,
-        ais_gradient_dtype=args.ais_gradient_dtype,
-    )
+    result = evaluate_run(args.run_dir, config, run, data)
     if result is None:
         return 0  # another process of a distributed evaluation: rank 0 reports
     print(_summary(result))
@@ -446,18 +486,6 @@ def _warn_if_training(run_dir: str) -> None:
               "scoring its checkpoints as they are now", file=sys.stderr)  # fmt: skip
 
 
-def _add_ais_options(p, with_gradient_dtype: bool = False) -> None:
-    p.add_argument("--ais-steps", type=_positive, default=1000, help="AIS temperatures T (1000)")
-    p.add_argument("--ais-chains", type=_positive, default=16, help="AIS chains per image (16)")
-    if with_gradient_dtype:
-        p.add_argument(
-            "--ais-gradient-dtype", choices=("bfloat16", "float16"), default=None,
-            help="compute AIS's leapfrog gradients in this dtype (densities and acceptance stay "
-            "in full precision, so the estimate is as exact; bfloat16 is 2x faster on CPUs with "
-            "AVX512-BF16 and on GPUs); default: full precision",
-        )  # fmt: skip
-
-
 def _write_json(result: dict, path: Path | None) -> None:
     from .infer.checkpoint import write_text_atomic
 
@@ -466,6 +494,8 @@ def _write_json(result: dict, path: Path | None) -> None:
 
 
 def _add_bdmc(sub) -> None:
+    from .evaluation import BDMCConfig
+
     p = sub.add_parser(
         "bdmc",
         help="BDMC: AIS bounds on log p(x) from both sides, on images simulated from the model",
@@ -473,22 +503,18 @@ def _add_bdmc(sub) -> None:
         "stochastic lower bound on log p(x), reverse AIS from the true z an upper bound. "
         "Their gap bounds the error of AIS (and of any estimate between them) on such data.",
     )
-    p.add_argument("run_dir", help="a run directory written by train")
-    p.add_argument("--num-examples", type=_positive, default=100, help="images to simulate (100)")
-    _add_ais_options(p)
+    p.add_argument("run_dir", help="a run directory written by train, or a shipped name")
     p.add_argument("--json", help="write the results as JSON to this file")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_command_options(p, BDMCConfig, with_data=False)
     p.set_defaults(func=cmd_bdmc)
 
 
 def cmd_bdmc(args) -> int:
-    from .runs import bdmc_run
+    from .evaluation import BDMCConfig, bdmc_run
 
     json_path = _writable_output(args.json) if args.json else None
-    r = bdmc_run(args.run_dir, args.num_examples, args.ais_steps, args.ais_chains,
-                 args.device, args.seed, args.checkpoint)  # fmt: skip
+    config, run, _ = _options(args, BDMCConfig)
+    r = bdmc_run(args.run_dir, config, run)
     print(
         f"{r['model']} (epoch {r['epoch']}): BDMC on {r['num_examples']} simulated images, "
         f"AIS T={r['ais_steps']}, {r['ais_chains']} chains\n"
@@ -501,53 +527,33 @@ def cmd_bdmc(args) -> int:
 
 
 def _add_sample(sub) -> None:
+    from .evaluation import SampleConfig
+
     p = sub.add_parser(
         "sample",
         help="draw images from a trained model into a PNG grid",
         description="Sample from the model of a run (its best checkpoint, or --checkpoint last) "
         "or of a shipped checkpoint by name into a PNG grid.",
+        epilog="example:\n  pyro-genmodels sample vae-paper --num 64 --out samples.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", help="a run directory written by train")
-    p.add_argument("--num", type=_positive, required=True, help="number of images")
+    p.add_argument("run_dir", help="a run directory written by train, or a shipped name")
     p.add_argument("--out", required=True, help="output PNG file")
-    p.add_argument(
-        "--mean",
-        action="store_true",
-        help="show the likelihood's mean (pixel probabilities) instead of a sample",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument(
-        "--checkpoint",
-        choices=("best", "last"),
-        default="best",
-        help="the best validation epoch (default, as evaluate) or the last",
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_command_options(p, SampleConfig, with_data=False)
     p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args) -> int:
-    import torch
-
-    from .plots import plot_images
-    from .runs import load_run
+    from .evaluation import SampleConfig, sample_run
 
     _writable_output(args.out, ".png")
-    run = load_run(args.run_dir, args.device, args.checkpoint)
-    torch.manual_seed(args.seed)
-    kwargs = {"mean": True} if args.mean else {}
-    images = run.module.sample(args.num, **kwargs)
-    title = f"{run.model_name}: {args.num} {'means' if args.mean else 'samples'}"
-    plot_images(images, args.out, title=title, value_range=run.module.likelihood.value_range)
-    print(f"wrote {args.out}")
+    config, run, _ = _options(args, SampleConfig)
+    print(f"wrote {sample_run(args.run_dir, args.out, config, run)}")
     return 0
 
 
-PLOT_KINDS = ("curves", "reconstructions", "traversals", "manifold", "embedding")
-
-
 def _add_plot(sub) -> None:
-    from .data import DATASETS, SPLITS
+    from .evaluation import PlotConfig
 
     p = sub.add_parser(
         "plot",
@@ -556,80 +562,25 @@ def _add_plot(sub) -> None:
         "ELBO/KL per epoch; reconstructions: inputs next to their reconstructions; traversals: "
         "vary one latent dimension at a time around an image's code; manifold: decode a grid "
         "of z (latent_dim 2 only); embedding: q(z|x) means of a split in 2-D (PCA or t-SNE), "
-        "coloured by label.",
+        "coloured by label. Reconstructions use the first 16 images, traversals and "
+        "embeddings the first 2000, unless --limit.",
+        epilog="examples:\n  pyro-genmodels plot vae-paper --kind traversals --out traversals.png"
+        "\n  pyro-genmodels plot vae-paper --kind embedding --dataset mnist --method tsne "
+        "--out tsne.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", help="a run directory written by train")
-    p.add_argument("--kind", choices=PLOT_KINDS, required=True, help="which figure")
+    p.add_argument("run_dir", help="a run directory written by train, or a shipped name")
     p.add_argument("--out", required=True, help="output PNG file")
-    p.add_argument("--split", choices=SPLITS, default="test", help="data split (test)")
-    p.add_argument(
-        "--limit", type=_positive, help="use the first N images (reconstructions 16, else 2000)"
-    )
-    p.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help="another data set of the same shape (e.g. mnist for labels with binarized-mnist)",
-    )
-    p.add_argument("--data-dir", help="data directory (default: the run's, then the usual)")
-    p.add_argument("--method", choices=("pca", "tsne"), default="pca", help="embedding (pca)")
-    p.add_argument(
-        "--dims",
-        type=_positive,
-        default=10,
-        help="traverse this many latent dims, the most active first (variance of the q(z|x) "
-        "means over the images; 10)",
-    )
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_command_options(p, PlotConfig, with_data=True)
     p.set_defaults(func=cmd_plot)
 
 
 def cmd_plot(args) -> int:
-    import torch
-
-    from . import plots
-    from .runs import load_run
+    from .evaluation import PlotConfig, plot_run
 
     _writable_output(args.out, ".png")
-    run = load_run(args.run_dir, args.device, args.checkpoint)
-    torch.manual_seed(args.seed)
-    module, kind = run.module, args.kind
-    if kind == "curves":
-        metrics_file = run.path / "metrics.jsonl"
-        if not metrics_file.is_file():
-            raise FileNotFoundError(f"no metrics.jsonl in {run.path}")
-        lines = metrics_file.read_text().splitlines()
-        plots.plot_training_curves([json.loads(line) for line in lines if line.strip()], args.out)
-    elif kind == "manifold":
-        plots.plot_latent_manifold(module, path=args.out)
-    else:
-        if not hasattr(module, "encode"):
-            raise ValueError(f"{run.model_name} has no encoder, so no {kind} plot")
-        limit = args.limit or (16 if kind == "reconstructions" else 2000)
-        data = run.dataset(args.split, args.dataset, args.data_dir, limit)
-        x = data.fixed()
-        if kind == "reconstructions":
-            x_rec = module.reconstruct(x.to(module.device)).cpu()
-            plots.plot_reconstructions(
-                x, x_rec, args.out, value_range=module.likelihood.value_range
-            )
-            print(f"wrote {args.out}")
-            return 0
-        z = torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
-        if kind == "traversals":
-            dims = plots.most_active_dims(z, args.dims)
-            plots.plot_traversals(module, x, dims=dims, path=args.out)
-        else:
-            if data.labels is None or len(data.labels) != len(x):
-                raise ValueError(
-                    f"{data.describe()['dataset']} has no labels to colour the embedding; "
-                    "pass --dataset with labels of the same shape (e.g. mnist)"
-                )
-            how = args.method if z.shape[1] > 2 else "as they are"
-            title = f"{run.model_name}: q(z|x) means of {len(x)} {args.split} images, {how}"
-            plots.plot_embedding(z, data.labels, args.method, args.out, title)
-    print(f"wrote {args.out}")
+    config, run, data = _options(args, PlotConfig)
+    print(f"wrote {plot_run(args.run_dir, args.out, config, run, data)}")
     return 0
 
 

@@ -3,7 +3,8 @@
 Every field of a config dataclass becomes ``--field-name``: its annotation gives
 the parser (``int``, ``float``, ``str``, ``bool`` as ``--x/--no-x``, ``X | None``,
 ``tuple[int, ...]`` as comma-separated values, ``Literal[...]`` as choices) and its
-trailing ``# comment`` in the class body (nanoGPT style) gives the help. Options
+trailing ``# comment`` in the class body (nanoGPT style), or the ``#:`` lines above it
+(Sphinx's attribute docs) for a longer one, gives the help. Options
 default to "not given", so only what the user typed reaches the config, which is
 then built once, by the dataclass, with its own validation.
 
@@ -37,15 +38,21 @@ def field_comments(cls: type) -> dict[str, str]:
         except (OSError, TypeError):  # no source (a frozen or interactive class)
             continue
         by_line = {
-            tok.start[0]: tok.string.lstrip("#").strip()
+            tok.start[0]: tok.string
             for tok in tokenize.generate_tokens(io.StringIO(source).readline)
             if tok.type == tokenize.COMMENT
         }
         body = ast.parse(source).body[0].body
         for node in body:
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if node.end_lineno in by_line:
-                    comments[node.target.id] = by_line[node.end_lineno]
+                above, line = [], node.lineno - 1
+                while by_line.get(line, "").startswith("#:"):  # Sphinx's "#:" doc comments
+                    above.insert(0, by_line[line][2:].strip())
+                    line -= 1
+                if above:
+                    comments[node.target.id] = " ".join(above)
+                elif node.end_lineno in by_line:
+                    comments[node.target.id] = by_line[node.end_lineno].lstrip("#").strip()
     return comments
 
 
@@ -91,6 +98,8 @@ def add_config_arguments(
     dest_prefix: str,
     skip: Iterable[str] = (),
     aliases: dict[str, Iterable[str]] | None = None,
+    choices: dict[str, Iterable[str]] | None = None,
+    only: Iterable[str] | None = None,
 ) -> list[str]:
     """Add ``--field`` options for the fields of the dataclasses in ``owners``.
 
@@ -99,7 +108,10 @@ def add_config_arguments(
         one option whose help names them, with each one's default.
     :param dest_prefix: prefix of the ``argparse`` destinations (see :func:`given`).
     :param skip: fields not offered on the command line.
+    :param only: if given, offer only these fields (a group of the same dataclass's options).
     :param aliases: more option strings for a field, e.g. ``{"epochs": ["--max-epochs"]}``.
+    :param choices: the valid values of a ``str`` field whose names live in a registry
+        rather than in a ``Literal`` (``{"guide": list_families()}``), listed in the help.
     :returns: the field names added.
     """
     fields: dict[str, list[tuple[str, dataclasses.Field, Any]]] = {}
@@ -108,7 +120,9 @@ def add_config_arguments(
         hints = typing.get_type_hints(cls)
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
-            if f.name in skip or _parser_for(hints[f.name]) is None:
+            if f.name in skip or (only is not None and f.name not in only):
+                continue
+            if _parser_for(hints[f.name]) is None:
                 continue
             fields.setdefault(f.name, []).append((label, f, hints[f.name]))
             helps.setdefault(f.name, comments.get(f.name, ""))
@@ -121,11 +135,18 @@ def add_config_arguments(
             where = ", ".join(label for label, _, _ in uses)
             default = defaults[0] if len(defaults) == 1 else "per model"
             suffix = f" [{where}; default {default}]"
+        elif defaults[0] == "None" and "default" in helps[name]:
+            suffix = ""  # the comment says what None means
         else:
             suffix = f" (default {defaults[0]})"
         kwargs = _parser_for(uses[0][2])
+        if name in (choices or {}):
+            kwargs["choices"] = tuple(choices[name])
         if "type" in kwargs and "choices" not in kwargs:
             kwargs.setdefault("metavar", name.upper())
+        if defaults == ["required"] and len(owners) == 1:
+            kwargs["required"] = True
+            suffix = ""
         group.add_argument(
             _flag(name),
             *(aliases or {}).get(name, ()),

@@ -159,7 +159,7 @@ def _mnist_like(name: str, split: str, root: Path, download: bool) -> RawImages:
             how = "and downloading it failed" if download else "(downloads are disabled)"
             raise DataNotFoundError(
                 f"{name} not found in {root} (looked for {npz.name} and "
-                f"{cls.__name__}/raw) {how}; pass --data-dir or set ${ENV_DATA_DIR} to a "
+                f"{cls.__name__}/raw) {how}; pass data_dir= or set ${ENV_DATA_DIR} to a "
                 f"directory holding {npz.name}"
             ) from e
         x = _check_array(ds.data.numpy(), f"{root}/{cls.__name__}", binary=False)
@@ -250,7 +250,7 @@ def _binarized_mnist(split: str, root: Path, download: bool = False) -> RawImage
             how = "" if download else " (downloads are disabled)"
             raise DataNotFoundError(
                 f"binarized-mnist not found in {root} (looked for binarized_mnist.npz and "
-                f"binarized_mnist_{split}.amat){how}; pass --data-dir (data_dir= in Python) or "
+                f"binarized_mnist_{split}.amat){how}; pass data_dir= or "
                 f"set ${ENV_DATA_DIR} to a directory holding binarized_mnist.npz"
             )
         x = _read_amat(found[0])
@@ -295,7 +295,7 @@ def _torchvision_download(name: str, cls_name: str, root: Path, expected: Path, 
 
     if not kwargs.pop("download"):
         raise DataNotFoundError(
-            f"{name} not found: {expected} is missing (downloads are disabled); pass --data-dir "
+            f"{name} not found: {expected} is missing (downloads are disabled); pass data_dir= "
             f"or set ${ENV_DATA_DIR} to the directory holding it"
         )
     existed = root.exists()
@@ -307,7 +307,7 @@ def _torchvision_download(name: str, cls_name: str, root: Path, expected: Path, 
             root.rmdir()
         raise DataNotFoundError(
             f"{name} not found: {expected} is missing and downloading it failed; pass "
-            f"--data-dir or set ${ENV_DATA_DIR} to the directory holding it"
+            f"data_dir= or set ${ENV_DATA_DIR} to the directory holding it"
         ) from e
 
 

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
+from .evaluation import evaluate_images  # noqa: E402
 from .infer import TrainConfig, log_marginal, prior_log_marginal  # noqa: E402
 from .plots import (  # noqa: E402
     plot_images,
@@ -29,7 +30,7 @@ from .plots import (  # noqa: E402
     plot_reconstructions,
     plot_training_curves,
 )
-from .runs import evaluate_images, train_run  # noqa: E402
+from .runs import train_run  # noqa: E402
 
 MODEL_CONFIG = {"latent_dim": 8, "hidden_dims": (256, 128)}
 
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     plot_images(module.sample(64, mean=True), out / "samples.png", "VAE samples (pixel means)")
     plot_reconstructions(test[:32], module.reconstruct(test[:32]), out / "reconstructions.png")
-    plot_training_curves(metrics, out / "training_curves.png")
+    plot_training_curves(metrics, out / "training_curves.png", title="VAE on digits: training")
 
-    result = evaluate_images(module, test, args.num_samples, progress=False)
+    result = evaluate_images(module, test, num_samples=args.num_samples, progress=False)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     ks = [1, 10, 100, 1000]
     est = estimates_vs_k(module, test[:100], ks, repeats=5)

@@ -25,7 +25,7 @@ def image_grid(
 ) -> np.ndarray:
     """Tile images ``(N, C, H, W)`` into one array with ``torchvision.utils.make_grid``.
 
-    :param nrow: images per row (default: about the square root of N).
+    :param nrow: images per row (default: :func:`grid_columns`, so every row is full).
     :param value_range: the values shown black and white: ``(0, 1)`` for binary images and
         probabilities, ``(0, 255)`` for grey levels (a model's ``likelihood.value_range``).
     :returns: ``(rows*H', cols*W')`` in [0, 1] for one channel, ``(..., 3)`` for RGB.
@@ -36,9 +36,29 @@ def image_grid(
     if not high > low:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     x = ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
-    nrow = nrow or math.ceil(math.sqrt(len(x)))
+    nrow = nrow or grid_columns(len(x))
     grid = make_grid(x, nrow=nrow, padding=pad, pad_value=1.0)  # (3, H', W') for grey too
     return grid[0].numpy() if x.shape[1] == 1 else grid.permute(1, 2, 0).numpy()
+
+
+def grid_columns(n: int) -> int:
+    """Images per row for ``n`` images: the smallest divisor of ``n`` at or above its square
+    root, so that every row is full (64 -> 8, 10 -> 5), unless that row would be more than
+    twice as long as a square grid's (a prime ``n``), then ``ceil(sqrt(n))``."""
+    square = math.ceil(math.sqrt(n))
+    divisor = next(d for d in range(square, n + 1) if n % d == 0) if n else 1
+    return divisor if divisor <= 2 * square else square
+
+
+#: inches per image in a grid: images stay readable, the figure at most 12 inches wide
+_TILE_INCHES, _MAX_INCHES = 0.8, 12.0
+
+
+def _grid_size(grid: np.ndarray, cols: int, extra_height: float = 0.4) -> tuple[float, float]:
+    """Figure size for a grid of ``cols`` images per row, ``extra_height`` for a title."""
+    tile = min(_TILE_INCHES, _MAX_INCHES / cols)
+    width = tile * cols
+    return width, width * grid.shape[0] / grid.shape[1] + extra_height
 
 
 def _finish(fig, path: str | Path | None):
@@ -64,10 +84,9 @@ def plot_images(
     value_range: tuple[float, float] = (0.0, 1.0),
 ):
     """A grid of images (samples, data); see :func:`image_grid` for ``value_range``."""
+    nrow = nrow or grid_columns(len(images))
     grid = image_grid(images, nrow, value_range=value_range)
-    fig, ax = plt.subplots(
-        figsize=(min(12, 1 + grid.shape[1] / 30), min(12, 1 + grid.shape[0] / 30))
-    )
+    fig, ax = plt.subplots(figsize=_grid_size(grid, nrow))
     _show(ax, grid, title)
     return _finish(fig, path)
 
@@ -79,49 +98,58 @@ def plot_reconstructions(
     nrow: int | None = None,
     value_range: tuple[float, float] = (0.0, 1.0),
 ):
-    """Inputs (left) next to their reconstructions (right)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    _show(axes[0], image_grid(x, nrow, value_range=value_range), "inputs")
+    """Inputs (left) next to their reconstructions (right), in the same places."""
+    nrow = nrow or grid_columns(len(x))
+    inputs = image_grid(x, nrow, value_range=value_range)
+    width, height = _grid_size(inputs, 2 * nrow)
+    fig, axes = plt.subplots(1, 2, figsize=(width + 0.3, height))
+    _show(axes[0], inputs, "inputs")
     _show(axes[1], image_grid(x_rec, nrow, value_range=value_range), "reconstructions")
     return _finish(fig, path)
 
 
-def plot_training_curves(metrics: Sequence[dict], path=None):
+def plot_training_curves(metrics: Sequence[dict], path=None, title: str | None = None):
     """Training loss and validation -ELBO per epoch, with the validation KL beside them.
 
-    Long runs are drawn as lines: the KL warm-up is shaded (the training loss there is the
-    down-weighted objective, not the ELBO), the best validation epoch (``best.pt``) marked,
-    and the nats axis zoomed past the first tenth of the epochs.
+    Every point is drawn: when the curves span more than a factor 1.5 (the first epochs of a
+    long run), the nats axis is logarithmic instead of cut. Long runs are drawn as lines;
+    the KL warm-up is shaded (the training loss there is the down-weighted objective, not
+    the ELBO) and the best validation epoch (``best.pt``) is marked in the legend.
     """
     epochs = [m["epoch"] for m in metrics]
     style = "-" if len(metrics) > 50 else "o-"
-    fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
     curves = [[m["train_loss"] for m in metrics]]
-    ax.plot(epochs, curves[0], style, label="train loss (-ELBO; beta-weighted KL)")
+    ax.plot(epochs, curves[0], style, label="train loss (-ELBO, KL weighted)")
     if metrics and "valid_elbo" in metrics[0]:
         curves.append([-m["valid_elbo"] for m in metrics])
         ax.plot(epochs, curves[-1], style.replace("o", "s"), label="valid -ELBO")
         best = max(metrics, key=lambda m: m["valid_elbo"])
-        ax.axvline(best["epoch"], color="k", lw=0.8, ls=":")
-        ax.annotate(
-            f"best {-best['valid_elbo']:.2f} (epoch {best['epoch']})",
-            (best["epoch"], -best["valid_elbo"]),
-            textcoords="offset points", xytext=(-5, 12), ha="right", fontsize=8,
-        )  # fmt: skip
+        ax.axvline(best["epoch"], color="k", lw=0.8, ls=":",
+                   label=f"best: {-best['valid_elbo']:.2f} at epoch {best['epoch']}")  # fmt: skip
     warm = [m["epoch"] for m in metrics if m.get("kl_weight", 1.0) < 1.0]
     if warm:
         for a in (ax, ax_kl):
             a.axvspan(0, max(warm), color="0.9", zorder=0, label="KL warm-up" if a is ax else None)
-    if len(metrics) > 20:
-        tail = [v for curve in curves for v in curve[len(metrics) // 10 :]]
-        ax.set_ylim(min(tail) - 2, max(tail) + 2)
+    values = [v for curve in curves for v in curve if v == v]
+    if values and min(values) > 0 and max(values) > 1.5 * min(values):
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(
+            plt.matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1))
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, which="both")
     if metrics and "valid_kl" in metrics[0]:
         ax_kl.plot(epochs, [m["valid_kl"] for m in metrics], style, color="C2")
     ax_kl.set_xlabel("epoch")
-    ax_kl.set_ylabel("valid KL(q || p), nats")
+    ax_kl.set_ylabel("valid KL(q || p), nats per image")
+    ax_kl.grid(alpha=0.3)
+    ax.set_title("objective")
+    ax_kl.set_title("KL term")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _finish(fig, path)
 
@@ -177,9 +205,20 @@ def plot_traversals(
     for row, dim in enumerate(dims):
         z[row, :, dim] = values
     images = module.decode(z.reshape(-1, d))
-    fig, ax = plt.subplots(figsize=(steps * 0.8, len(dims) * 0.8))
     grid = image_grid(images, steps, value_range=module.likelihood.value_range)
-    _show(ax, grid, f"traversals of z dims {dims} over [-{span}, {span}]")
+    width, height = _grid_size(grid, steps, extra_height=0.9)
+    fig, ax = plt.subplots(figsize=(width + 0.8, height))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+    cell_h, cell_w = grid.shape[0] / len(dims), grid.shape[1] / steps
+    ax.set_yticks([(i + 0.5) * cell_h for i in range(len(dims))], [f"z[{k}]" for k in dims])
+    ax.set_xticks([(i + 0.5) * cell_w for i in range(steps)],
+                  [f"{v:+.1f}" for v in values.tolist()])  # fmt: skip
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    others = "the code of the image" if x is not None else "0"
+    ax.set_xlabel(f"value of the row's latent dimension (the others: {others})")
+    ax.set_title("latent traversals, one dimension per row")
     return _finish(fig, path)
 
 
@@ -241,8 +280,11 @@ def plot_embedding(z: torch.Tensor, labels, method: str = "pca", path=None, titl
 
     :param method: ``"pca"`` or ``"tsne"`` (scikit-learn); 2-D codes are shown as they are.
     """
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"unknown method {method!r}; valid: pca, tsne")
     z = z.detach().cpu().numpy()
-    if z.shape[1] > 2:
+    dims = z.shape[1]
+    if dims > 2:
         if method == "pca":
             from sklearn.decomposition import PCA
 
@@ -251,11 +293,13 @@ def plot_embedding(z: torch.Tensor, labels, method: str = "pca", path=None, titl
             from sklearn.manifold import TSNE
 
             z = TSNE(n_components=2, init="pca", random_state=0).fit_transform(z)
-        else:
-            raise ValueError(f"unknown method {method!r}; valid: pca, tsne")
     labels = np.asarray(labels)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(6, 5))
     points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=6)
-    fig.colorbar(points, ax=ax, ticks=sorted(set(labels.tolist())))
+    fig.colorbar(points, ax=ax, ticks=sorted(set(labels.tolist())), label="label")
+    axis = {"pca": "principal component", "tsne": "t-SNE dimension"}[method]
+    names = [f"{axis} {i}" for i in (1, 2)] if dims > 2 else ["z[0]", "z[1]"]
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
     ax.set_title(title or f"latent means, 2-D {method}")
     return _finish(fig, path)

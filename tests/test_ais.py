@@ -203,7 +203,7 @@ def test_bad_input_is_a_clear_value_error(lg_data):
 
 def test_evaluate_images_by_ais_is_exact_for_a_pixel_model():
     import pyro_genmodels as pg
-    from pyro_genmodels.runs import evaluate_images
+    from pyro_genmodels.evaluation import evaluate_images
 
     model = pg.create_model("pixelcnn", image_shape=(1, 4, 4), hidden_channels=4, num_layers=1)
     x = (torch.rand(5, 1, 4, 4) < 0.5).float()

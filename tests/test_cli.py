@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from pyro_genmodels.cli import main
+from pyro_genmodels.evaluation import evaluate_run
 from pyro_genmodels.infer import kl_divergence
 from pyro_genmodels.models.guides import family_class
-from pyro_genmodels.runs import evaluate_run, load_run
+from pyro_genmodels.runs import load_run
 
 TRAIN = ["train", "--model", "vae", "--dataset", "digits", "--no-progress", "--latent-dim", "4",
          "--hidden-dims", "32,16", "--batch-size", "64"]  # fmt: skip
@@ -82,7 +83,7 @@ def test_plot_every_kind(trained_run, tmp_path, capsys):
     )
     assert_one_line_error(code, err, "needs a model with latent_dim == 2")
     code, _, err = run(capsys, "plot", trained_run, "--kind", "galaxy", "--out", tmp_path / "g.png")
-    assert_one_line_error(code, err, "invalid choice: 'galaxy'")
+    assert_one_line_error(code, err, "invalid choice 'galaxy'; valid: curves, reconstructions")
 
 
 def test_resume_extends_a_run(trained_run, tmp_path, capsys):
@@ -174,12 +175,14 @@ def test_unknown_names(tmp_path, capsys):
     code, _, err = run(
         capsys, "train", "--model", "vae", "--dataset", "cifar", "--out", tmp_path / "r"
     )
-    assert_one_line_error(code, err, "invalid choice: 'cifar'")
+    assert_one_line_error(code, err, "invalid choice 'cifar' (did you mean 'cifar10'?)")
     code, _, err = run(
         capsys, "train", "--model", "gan", "--dataset", "digits", "--out", tmp_path / "r"
     )
-    assert_one_line_error(code, err, "unknown model 'gan'; valid models: ")
+    assert_one_line_error(code, err, "--model: invalid choice 'gan'; valid: autoencoder, ")
     code, _, err = run(capsys, *TRAIN, "--guide", "flowy", "--out", tmp_path / "r", "--epochs", 1)
+    assert_one_line_error(code, err, "--guide: invalid choice 'flowy'; valid: diagonal, ")
+    code, _, err = run(capsys, *TRAIN, "--set", "guide=flowy", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "unknown guide family 'flowy'; valid: diagonal")
     code, _, err = run(capsys, *TRAIN, "--set", "colour=1", "--out", tmp_path / "r", "--epochs", 1)
     assert_one_line_error(code, err, "unknown config key(s) ['colour']")
@@ -272,7 +275,7 @@ def test_evaluate_by_ais_and_bdmc(trained_run, tmp_path, capsys):
     assert len(b["log_px_lower"]) == len(b["log_px_upper"]) == 4
     assert b["nll_lower_bound"] == pytest.approx(-np.mean(b["log_px_upper"]))
     code, _, err = run(capsys, "evaluate", trained_run, "--method", "ais", "--ais-steps", 0)
-    assert_one_line_error(code, err, "expected a positive integer")
+    assert_one_line_error(code, err, "--ais-steps must be a positive integer, got 0")
 
 
 def test_ais_of_a_discrete_guide_is_a_one_line_error(tmp_path, capsys):

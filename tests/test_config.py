@@ -10,7 +10,7 @@ import torch
 from test_cli import TRAIN, assert_one_line_error, run
 
 import pyro_genmodels as pg
-from pyro_genmodels import plots, registry, runs
+from pyro_genmodels import evaluation, plots, registry, runs
 from pyro_genmodels.cli import build_parser
 from pyro_genmodels.configargs import field_comments
 from pyro_genmodels.infer import (
@@ -160,7 +160,7 @@ def test_no_images_is_empty_or_a_clear_error():
     assert kl_divergence(vae.model, vae.guide, x0).shape == (0,)
     assert importance_estimate(vae.model, vae.guide, x0, 5).log_marginal.shape == (0,)
     with pytest.raises(ValueError, match="no images to evaluate"):
-        runs.evaluate_images(vae, x0, 5, progress=False)
+        evaluation.evaluate_images(vae, x0, num_samples=5, progress=False)
     with pytest.raises(ValueError, match="the validation set is empty"):
         fit(vae, (torch.rand(8, 1, 8, 8) < 0.5).float(), x0, epochs=1, progress=False)
 
@@ -188,7 +188,7 @@ def test_evaluate_json_to_an_unwritable_path_fails_before_evaluating(tmp_path, c
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     calls = []
-    monkeypatch.setattr(runs, "evaluate_run", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: calls.append(a))
     code, _, err = run(capsys, "evaluate", tmp_path, "--json", blocker / "eval.json")
     assert_one_line_error(code, err, f"cannot write {blocker / 'eval.json'}")
     code, _, err = run(capsys, "evaluate", tmp_path, "--json", tmp_path)
@@ -204,7 +204,7 @@ def test_interrupt_hint_names_a_checkpoint_only_for_train(command, tmp_path, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "train_run", interrupted)
-    monkeypatch.setattr(runs, "load_run", interrupted)
+    monkeypatch.setattr(evaluation, "load_run", interrupted)
     out = tmp_path / "x.png"
     argv = {
         "sample": ["sample", tmp_path, "--num", 2, "--out", out],
@@ -238,10 +238,94 @@ def test_vae_config_documents_every_field():
 def test_misspelt_names_and_mistyped_values_get_a_precise_message(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--model", "vea", "--dataset", "digits", "--out",
                        tmp_path / "r")  # fmt: skip
-    assert_one_line_error(code, err, "unknown model 'vea' (did you mean 'vae'?); valid models:")
+    assert_one_line_error(code, err, "--model: invalid choice 'vea' (did you mean 'vae'?); valid:")
+    with pytest.raises(ValueError, match=r"unknown model 'vea' \(did you mean 'vae'\?\)"):
+        pg.create_model("vea", image_shape=(1, 8, 8))
+    code, _, err = run(capsys, *TRAIN, "--guide", "low-rnak", "--out", tmp_path / "r")
+    assert_one_line_error(
+        code, err, "--guide: invalid choice 'low-rnak' (did you mean 'low-rank'?)"
+    )
+    code, _, err = run(capsys, *TRAIN, "--prior", "vampprior", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "valid: auto, standard, mixture, vamp, categorical")
     code, _, err = run(capsys, *TRAIN, "--set", "latnt_dim=4", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "['latnt_dim'] for model 'vae' (did you mean 'latent_dim'?)")
     code, _, err = run(capsys, *TRAIN, "--set", "latent_dim=four", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "latent_dim must be an int, got 'four'")
     with pytest.raises(ValueError, match="gaussian_scale must be a number, got 'small'"):
         pg.create_model("vae", image_shape=(1, 8, 8), gaussian_scale="small")
+
+
+def test_evaluation_commands_take_their_options_and_defaults_from_the_dataclasses():
+    import dataclasses
+
+    from pyro_genmodels.cli import _options
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    owners = {"evaluate": evaluation.EvalConfig, "bdmc": evaluation.BDMCConfig,
+              "sample": evaluation.SampleConfig, "plot": evaluation.PlotConfig}  # fmt: skip
+    needed = {"sample": ["--num", "4"], "plot": ["--kind", "curves"]}
+    for command, cls in owners.items():
+        flags = {s for a in commands[command]._actions for s in a.option_strings}
+        shared = [evaluation.RunOptions]
+        if command in ("evaluate", "plot"):
+            shared.append(evaluation.DataOptions)
+        for owner in (cls, *shared):
+            for f in dataclasses.fields(owner):
+                assert "--" + f.name.replace("_", "-") in flags, (command, f.name)
+        argv = [command, "run", *(["--out", "x.png"] if command in ("sample", "plot") else [])]
+        config, run_options, data = _options(parser.parse_args(argv + needed.get(command, [])), cls)
+        # nothing given: exactly the dataclasses' own defaults
+        expected = {"sample": {"num": 4}, "plot": {"kind": "curves"}}.get(command, {})
+        assert config == cls(**expected)
+        assert (run_options, data) == (evaluation.RunOptions(), evaluation.DataOptions())
+    given = parser.parse_args(["evaluate", "r", "--num-samples", "7", "--checkpoint", "last",
+                               "--limit", "3", "--no-progress"])  # fmt: skip
+    config, run_options, data = _options(given, evaluation.EvalConfig)
+    assert (config.num_samples, config.progress, run_options.checkpoint, data.limit) == (
+        7, False, "last", 3)  # fmt: skip
+
+
+def test_evaluation_options_are_checked_and_named_where_they_were_given(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown evaluation option 'num_sample'"):
+        evaluation.evaluate_run(tmp_path, num_sample=3)
+    with pytest.raises(ValueError, match="ais_chains must be a positive integer, got 0"):
+        evaluation.EvalConfig(ais_chains=0)
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        evaluation.DataOptions(limit=-1)
+    code, _, err = run(capsys, "evaluate", tmp_path, "--batch-size", 0)
+    assert_one_line_error(code, err, "--batch-size must be a positive integer, got 0")
+    code, _, err = run(capsys, "sample", tmp_path, "--out", tmp_path / "x.png")
+    assert_one_line_error(code, err, "the following arguments are required: --num")
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=2, hidden_dims=(8,))
+    x = (torch.rand(3, 1, 8, 8) < 0.5).float()
+    # the dataclass and its fields as keywords give the same numbers
+    torch.manual_seed(0)
+    a = evaluation.evaluate_images(vae, x, evaluation.EvalConfig(num_samples=8, progress=False))
+    b = evaluation.evaluate_images(vae, x, num_samples=8, progress=False)
+    assert a["per_image_nll"] == b["per_image_nll"]
+
+
+def test_train_help_groups_its_options_and_its_examples_parse():
+    import shlex
+
+    from pyro_genmodels.cli import TRAIN_EXAMPLES
+    from pyro_genmodels.presets import list_presets
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    groups = {g.title: {s for a in g._group_actions for s in a.option_strings}
+              for g in train._action_groups}  # fmt: skip
+    by_flag = {flag: title for title, flags in groups.items() for flag in flags}
+    assert by_flag["--latent-dim"].startswith("model")
+    assert by_flag["--guide"].startswith("guide") and by_flag["--rank"].startswith("guide")
+    assert by_flag["--binarization"] == "data" and by_flag["--lr"] == "training"
+    assert by_flag["--precision"].startswith("engine") and by_flag["--out"] == "run"
+    lines = TRAIN_EXAMPLES.replace("\\\n", " ").splitlines()[1:]
+    commands = " ".join(line for line in lines if not line.strip().startswith("#"))
+    examples = [shlex.split(c) for c in commands.split("pyro-genmodels")[1:]]
+    assert len([e for e in examples if e[0] == "train"]) == 3
+    for argv in examples:
+        args = parser.parse_args(argv)  # every example is a valid command line
+        if getattr(args, "preset", None):
+            assert args.preset in list_presets()

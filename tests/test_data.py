@@ -165,5 +165,22 @@ def test_binarized_mnist_downloads_checks_and_never_leaves_a_bad_file(tmp_path, 
     with pytest.raises(data.DataNotFoundError, match="binarized-mnist: downloading .* failed"):
         data.load_raw("binarized-mnist", "test", tmp_path / "empty")
     monkeypatch.setenv("PYRO_GENMODELS_NO_DOWNLOAD", "1")
-    with pytest.raises(data.DataNotFoundError, match="downloads are disabled.*data_dir= in Py"):
+    with pytest.raises(data.DataNotFoundError, match="downloads are disabled.*pass data_dir= or"):
         data.load_raw("binarized-mnist", "test", tmp_path / "empty")
+
+
+def test_a_missing_data_set_names_the_argument_in_python_and_the_flag_on_the_command_line(
+    tmp_path, monkeypatch, capsys
+):
+    from test_cli import assert_one_line_error, run
+
+    from pyro_genmodels import data
+
+    monkeypatch.setenv("PYRO_GENMODELS_NO_DOWNLOAD", "1")
+    for name in ("mnist", "binarized-mnist"):
+        with pytest.raises(data.DataNotFoundError, match="pass data_dir= or set"):
+            load_dataset(name, "test", data_dir=tmp_path)
+        code, _, err = run(capsys, "train", "--model", "vae", "--dataset", name, "--data-dir",
+                           tmp_path, "--out", tmp_path / "run")  # fmt: skip
+        assert_one_line_error(code, err, "pass --data-dir or set $PYRO_GENMODELS_DATA")
+        assert "data_dir=" not in err

@@ -9,6 +9,7 @@ import torch
 
 import pyro_genmodels as pg
 from pyro_genmodels import plots
+from pyro_genmodels.evaluation import evaluate_images
 from pyro_genmodels.infer import (
     FreeBitsELBO,
     TrainConfig,
@@ -18,7 +19,6 @@ from pyro_genmodels.infer import (
     make_elbo,
 )
 from pyro_genmodels.infer.lightning import SVIModule
-from pyro_genmodels.runs import evaluate_images
 from pyro_genmodels.transfer import labeled_subset, transfer_experiment
 
 

@@ -62,3 +62,45 @@ def test_most_active_dims_orders_by_variance_of_the_means():
     codes = torch.randn(4000, 4, generator=gen) * scales
     assert plots.most_active_dims(codes, 3) == [1, 3, 2]
     assert plots.most_active_dims(codes[:1], 2) == [0, 1]  # one image: no variance to rank by
+
+
+def test_grids_fill_every_row():
+    columns = {n: plots.grid_columns(n) for n in (1, 10, 12, 16, 32, 64, 100, 7, 37)}
+    assert columns == {1: 1, 10: 5, 12: 4, 16: 4, 32: 8, 64: 8, 100: 10, 7: 3, 37: 7}
+    for n in (10, 12, 16, 32, 64, 100):  # not a prime: every row full
+        assert n % columns[n] == 0
+
+
+def test_figures_say_what_their_axes_and_rows_are():
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=4, hidden_dims=(16,))
+    x = (torch.rand(6, 1, 8, 8) < 0.5).float()
+    fig = plots.plot_traversals(vae, x, dims=[2, 0], steps=5)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z[2]", "z[0]"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-3.0", "-1.5", "+0.0", "+1.5", "+3.0"]
+    # the labels sit at the centres of the rows and columns of the grid
+    rows, cols = ax.images[0].get_array().shape[:2]
+    assert list(ax.get_yticks()) == [rows / 4, 3 * rows / 4]
+    assert ax.get_xticks()[0] == cols / 10
+    fig = plots.plot_embedding(torch.randn(50, 3), [0, 1] * 25, "pca")
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == (
+        "principal component 1", "principal component 2")  # fmt: skip
+    fig = plots.plot_embedding(torch.randn(50, 2), [0, 1] * 25, "tsne")
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("z[0]", "z[1]")
+
+
+def test_training_curves_show_every_point_with_a_title():
+    # a long run: the first epochs are far above the rest
+    metrics = [{"epoch": e, "train_loss": 90 + 400 / e, "valid_elbo": -(91 + 400 / e),
+                "valid_kl": 20.0} for e in range(1, 101)]  # fmt: skip
+    fig = plots.plot_training_curves(metrics, title="a run")
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    values = [m["train_loss"] for m in metrics] + [-m["valid_elbo"] for m in metrics]
+    assert low <= min(values) and max(values) <= high  # nothing clipped
+    assert ax.get_yscale() == "log"
+    assert fig._suptitle.get_text() == "a run"
+    labels = ax.get_legend_handles_labels()[1]
+    assert "best: 95.00 at epoch 100" in labels  # the best epoch is in the legend, no overlap
+    flat = [{"epoch": e, "train_loss": 90.0 + e / 100, "valid_elbo": -91.0} for e in (1, 2)]
+    assert plots.plot_training_curves(flat).axes[0].get_yscale() == "linear"

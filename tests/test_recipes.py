@@ -12,7 +12,7 @@ from conftest import shared_data_dir
 from test_cli import assert_one_line_error, run
 
 import pyro_genmodels as pg
-from pyro_genmodels import pretrained, runs
+from pyro_genmodels import evaluation, pretrained, runs
 from pyro_genmodels.infer import TrainConfig, fit, load_checkpoint, log_marginal
 from pyro_genmodels.infer.checkpoint import save_atomic
 from pyro_genmodels.infer.lightning import SVIModule
@@ -602,7 +602,7 @@ def test_the_shipped_vae_reproduces_its_evaluation_image_by_image(monkeypatch):
     monkeypatch.setenv("PYRO_GENMODELS_DATA", str(shared_data_dir()))
     run = runs.load_run(pretrained.pretrained_path("vae-paper"), which="best")
     x = run.dataset("test", limit=100).fixed()
-    result = runs.evaluate_images(run.module, x, 5000, progress=False, seed=0)
+    result = evaluation.evaluate_images(run.module, x, num_samples=5000, progress=False, seed=0)
     shipped = json.loads((pretrained.pretrained_path("vae-paper") / "evaluation.json").read_text())
     torch.testing.assert_close(
         torch.tensor(result["per_image_nll"]),
