@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast lint format docs notebooks clean
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+docs: install  # the API reference, the guides and the notebooks into docs/_build/html
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+notebooks: install  # execute every notebook in its normal mode and store the outputs
+	$(BIN)/python notebooks/execute.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,4 +38,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info docs/_build
