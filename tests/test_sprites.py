@@ -1,0 +1,129 @@
+"""The sprites generator: dSprites' arrays, a deterministic factor-to-image map, shapes of
+the right area, and distinct images where the factors differ."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_genmodels import sprites
+from pyro_genmodels.sprites import Sprites, render
+
+
+def test_the_arrays_have_dsprites_layout():
+    data = Sprites()
+    assert len(data) == 737_280 and data.factor_sizes == (1, 3, 6, 40, 32, 32)
+    index = np.array([0, 1, 32, 1024, 40 * 1024, 737_279])
+    classes = data.classes(index)
+    assert classes.dtype == np.int64 and classes.shape == (6, 6)
+    # the last factor varies fastest, as in dSprites' latents_classes
+    assert classes.tolist()[:4] == [[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 1, 0],
+                                    [0, 0, 0, 1, 0, 0]]  # fmt: skip
+    assert classes[-1].tolist() == [0, 2, 5, 39, 31, 31]
+    assert np.array_equal(data.index(classes), index)
+    values = data.values(classes)
+    assert values.dtype == np.float64 and values[-1].tolist() == [1.0, 3.0, 1.0, 2 * math.pi,
+                                                                  1.0, 1.0]  # fmt: skip
+    images = data.images(index)
+    assert images.dtype == np.uint8 and images.shape == (6, 64, 64)
+    assert set(np.unique(images)) == {0, 1}
+    assert Sprites(32).images(index).shape == (6, 32, 32)
+    with pytest.raises(IndexError):
+        data.classes([len(data)])
+    with pytest.raises(ValueError, match="out of range"):
+        render(np.array([[0, 3, 0, 0, 0, 0]]))
+
+
+def test_the_map_from_factors_to_images_is_deterministic():
+    rng = np.random.default_rng(0)
+    index = rng.integers(737_280, size=64)
+    first = Sprites().images(index)
+    assert np.array_equal(first, Sprites().images(index[::-1])[::-1])  # not batch-dependent
+    assert np.array_equal(first[:5], Sprites().images(index[:5], batch_size=2))
+
+
+def test_shapes_have_their_areas():
+    r = sprites.RADIUS * 64  # pixels, at scale 1
+
+    def mean_area(shape, scale):  # over positions and orientations, where pixel rounding
+        grid = [[0, shape, scale, o, x, 16] for o in range(0, 39, 3) for x in range(32)]
+        return render(np.array(grid)).sum(dim=(1, 2)).double().mean().item()  # averages out
+
+    for shape, area in ((0, (1.6 * r) ** 2), (1, math.pi * r * 0.5 * r)):
+        # within 2 %: the 4 x 4 supersampling keeps edge pixels covered exactly half
+        assert mean_area(shape, 5) == pytest.approx(area, rel=0.02), shape
+        assert mean_area(shape, 0) == pytest.approx(area / 4, rel=0.04), shape  # scale 0.5
+    heart = render(np.array([[0, 2, 5, 0, 16, 16]]))[0].numpy()
+    rows = np.nonzero(heart.any(axis=1))[0]
+    assert heart[rows[-1]].sum() < heart.sum(axis=1).max() / 3  # its point is at the bottom
+
+
+def test_every_combination_is_distinct_where_it_should_be():
+    def draw(shape, scale=5, orientation=0, x=16, y=16):
+        return render(np.array([[0, shape, scale, orientation, x, y]]))[0].numpy()
+
+    for shape in range(3):
+        turns = np.stack([draw(shape, orientation=o) for o in range(40)]).reshape(40, -1)
+        distinct = len(np.unique(turns[:39], axis=0))
+        # 2 pi / 39 steps: no two of the first 39 orientations coincide, even for the square
+        # (a quarter turn is not a multiple of the step) and the ellipse (nor a half turn)
+        assert distinct == 39, (shape, distinct)
+        assert np.array_equal(turns[0], turns[39])  # 0 and 2 pi, as in dSprites
+        moves = np.stack([draw(shape, x=x) for x in range(32)]).reshape(32, -1)
+        assert len(np.unique(moves, axis=0)) == 32
+        sizes = np.stack([draw(shape, scale=s) for s in range(6)]).reshape(6, -1)
+        assert len(np.unique(sizes, axis=0)) == 6
+    shapes = np.stack([draw(s, orientation=5) for s in range(3)]).reshape(3, -1)
+    assert len(np.unique(shapes, axis=0)) == 3
+
+
+def write_dsprites(path, sizes=(1, 3, 2, 2, 2, 2), shuffle=False):
+    """A small file in dSprites' layout: every combination in order; image i holds i."""
+    classes = np.stack(np.unravel_index(np.arange(np.prod(sizes)), sizes), 1)
+    if shuffle:
+        classes = classes[::-1]
+    imgs = np.zeros((len(classes), 64, 64), np.uint8)
+    imgs[:, 0, :6] = classes  # the classes, readable from the image
+    values = classes.astype(np.float64)
+    metadata = np.array({"latents_sizes": np.array(sizes)}, dtype=object)  # as the real file
+    np.savez(path, imgs=imgs, latents_classes=classes, latents_values=values, metadata=metadata)
+
+
+def test_the_dsprites_file_is_read_by_factors(tmp_path):
+    write_dsprites(tmp_path / sprites.DSPRITES_FILE)
+    data = sprites.DSprites(tmp_path)  # a folder holding the file, or the file
+    assert data.factor_sizes == (1, 3, 2, 2, 2, 2) and len(data) == 48
+    rng = np.random.default_rng(0)
+    factors = data.sample_factors(20, rng)
+    x = data.images_from_factors(factors)
+    assert x.shape == (20, 1, 64, 64) and x.dtype == torch.float32
+    assert np.array_equal(x[:, 0, 0, :6].numpy().astype(np.int64), factors)
+    write_dsprites(tmp_path / "shuffled.npz", shuffle=True)
+    with pytest.raises(ValueError, match="not every combination of the factors"):
+        sprites.DSprites(tmp_path / "shuffled.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a dSprites file"):
+        sprites.DSprites(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="dsprites_ndarray_co1sh3sc6or40x32y32_64x64"):
+        sprites.DSprites(tmp_path / "nowhere")
+
+
+def test_the_3d_shapes_file_is_read_by_factors(tmp_path):
+    import h5py  # the shapes3d extra
+
+    sizes = (2, 2, 2, 2, 2, 3)
+    grids = [np.linspace(0, 0.9, 2), np.linspace(0, 0.9, 2), np.linspace(0, 0.9, 2),
+             np.linspace(0.75, 1.25, 2), np.arange(2.0), np.linspace(-30, 30, 3)]  # fmt: skip
+    classes = np.stack(np.unravel_index(np.arange(np.prod(sizes)), sizes), 1)
+    labels = np.stack([grids[k][classes[:, k]] for k in range(6)], 1)
+    images = np.zeros((len(classes), 64, 64, 3), np.uint8)
+    images[:, 0, :6, 0] = classes
+    with h5py.File(tmp_path / sprites.SHAPES3D_FILE, "w") as f:
+        f["images"], f["labels"] = images, labels
+    data = sprites.Shapes3D(tmp_path)
+    assert data.factor_sizes == sizes and data.factor_names[0] == "floor_hue"
+    factors = np.array([[1, 0, 1, 1, 0, 2], [0, 0, 0, 0, 0, 0], [1, 0, 1, 1, 0, 2]])
+    x = data.images_from_factors(factors)  # repeated and unsorted indices too
+    assert x.shape == (3, 3, 64, 64)
+    assert np.array_equal(x[:, 0, 0, :6].numpy().astype(np.int64), factors)
