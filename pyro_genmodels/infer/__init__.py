@@ -25,6 +25,7 @@ from .importance import (
 )
 from .kl import kl_divergence
 from .program import resolve_device
+from .tcvae import TCVAE_ELBO
 from .train import fit
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "FreeBitsELBO",
     "IWEstimate",
     "LatentScale",
+    "TCVAE_ELBO",
     "TrainConfig",
     "TrainingDiverged",
     "effective_sample_size",

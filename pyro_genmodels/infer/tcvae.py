@@ -1,0 +1,131 @@
+"""beta-TCVAE (Chen et al. 2018, "Isolating sources of disentanglement in VAEs").
+
+The KL term of the ELBO, averaged over the data, splits into three (their eq. 2)::
+
+    E_p(x) KL(q(z|x) || p(z)) = I_q(x; z)                        index-code MI
+                              + KL(q(z) || prod_d q(z_d))          total correlation
+                              + sum_d KL(q(z_d) || p(z_d))         dimension-wise KL
+
+and beta-TCVAE weights them ``alpha``, ``beta``, ``gamma``. Per image i of a minibatch of N
+(from a data set of M), with z_i ~ q(z | x_i)::
+
+    MI_i = log q(z_i | x_i) - log q(z_i)
+    TC_i = log q(z_i) - sum_d log q(z_id)
+    DW_i = sum_d log q(z_id) - log p(z_i)
+
+so ``MI_i + TC_i + DW_i = log q(z_i | x_i) - log p(z_i)`` exactly, and with
+``alpha = beta = gamma = 1`` the loss is the negative ELBO on the same sample. The aggregate
+posterior q(z) = (1/M) sum_m q(z | x_m) and its marginals q(z_d) are estimated on the
+minibatch by weighted sampling: the image's own term with weight 1/M and each of the
+N - 1 others with weight (M - 1) / (M (N - 1)), an unbiased estimate of q(z_i) for
+batches drawn uniformly, exact when the batch is the whole data set. (Chen et al.'s code
+weights every term 1/(N M), which shifts log q(z) and the log marginals by constants.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent
+
+
+def aggregate_log_q(pair: torch.Tensor, dataset_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minibatch estimates of log q(z_i) and of sum_d log q(z_id) from
+    ``pair[i, j, d] = log q(z_id | x_j)`` ``(N, N, D)``, with the weights of the module
+    docstring; returns two ``(N,)`` tensors."""
+    n, m = pair.shape[0], int(dataset_size)
+    if n > m:
+        raise ValueError(f"a batch of {n} images from a data set of {m}")
+    other = math.log((m - 1) / (m * (n - 1))) if n > 1 else 0.0
+    log_weight = torch.full((n, n), other, dtype=pair.dtype, device=pair.device)
+    log_weight.fill_diagonal_(-math.log(m))
+    log_qz = torch.logsumexp(pair.sum(-1) + log_weight, dim=1)
+    log_marginals = torch.logsumexp(pair + log_weight.unsqueeze(-1), dim=1).sum(-1)
+    return log_qz, log_marginals
+
+
+class TCVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+    """The beta-TCVAE loss for a model/guide pair with one latent site whose guide
+    distribution is diagonal (an ``Independent`` of a batch of univariate distributions,
+    batched over the images in the data plate).
+
+    :param dataset_size: M, the number of training images the minibatches come from.
+    :param alpha: weight of the index-code mutual information.
+    :param beta: weight of the total correlation.
+    :param gamma: weight of the dimension-wise KL.
+    """
+
+    def __init__(self, dataset_size: int, alpha: float = 1.0, beta: float = 1.0,
+                 gamma: float = 1.0, **kwargs):  # fmt: skip
+        if int(dataset_size) < 2:
+            raise ValueError(f"dataset_size must be at least 2, got {dataset_size}")
+        for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+            if not weight >= 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
+        super().__init__(num_particles=1, vectorize_particles=False, **kwargs)
+        self.dataset_size = int(dataset_size)
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+
+    def decomposition(self, model, guide, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Per image ``(N,)``: ``log_lik`` (log p(x | z)), ``mi``, ``tc``, ``dwkl``,
+        ``log_q`` (log q(z|x)), ``log_p`` (log p(z)), on one sample of z."""
+        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+        return self._terms(model_trace, guide_trace)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """``sum_i -log p(x_i | z_i) + alpha MI_i + beta TC_i + gamma DW_i``."""
+        t = self.decomposition(model, guide, *args, **kwargs)
+        regularizer = self.alpha * t["mi"] + self.beta * t["tc"] + self.gamma * t["dwkl"]
+        return (regularizer - t["log_lik"]).sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def _terms(self, model_trace, guide_trace) -> dict[str, torch.Tensor]:
+        latents = [name for name, s in guide_trace.nodes.items()
+                   if s["type"] == "sample" and not site_is_subsample(s)
+                   and not s["is_observed"]]  # fmt: skip
+        if len(latents) != 1:
+            raise ValueError(f"beta-TCVAE needs one latent site in the guide, got {latents}")
+        name = latents[0]
+        q_site, p_site = guide_trace.nodes[name], model_trace.nodes.get(name)
+        if p_site is None or p_site["is_observed"]:
+            raise ValueError(f"guide site {name!r} is not a latent of the model")
+        fn = q_site["fn"]
+        if not (isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1):
+            raise ValueError(
+                f"beta-TCVAE needs a diagonal q({name}|x) (an Independent over one event "
+                f"dimension) to estimate the marginals q({name}_d); got {type(fn).__name__}"
+            )
+        z = q_site["value"]
+        if z.dim() != 2 or fn.batch_shape != z.shape[:1]:
+            got = f"{tuple(z.shape)} with batch shape {tuple(fn.batch_shape)}"
+            raise ValueError(f"expected {name} of shape (N, D) batched over the images, got {got}")
+        n, m = z.shape[0], self.dataset_size
+        pair = fn.base_dist.log_prob(z.unsqueeze(1))  # [i, j, d] = log q(z_id | x_j)
+        log_qz, log_marginals = aggregate_log_q(pair, m)
+        log_q = pair.diagonal(dim1=0, dim2=1).sum(0)
+        log_p = p_site["fn"].log_prob(p_site["value"])
+        log_lik = z.new_zeros(n)
+        for other, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["is_observed"]:
+                lp = site["fn"].log_prob(site["value"])
+                if site["mask"] is not None:
+                    lp = lp * site["mask"]
+                log_lik = log_lik + lp.reshape(n, -1).sum(-1)
+            elif other != name:
+                raise ValueError(f"model latent {other!r} is not in the guide")
+        return {
+            "log_lik": log_lik,
+            "mi": log_q - log_qz,
+            "tc": log_qz - log_marginals,
+            "dwkl": log_marginals - log_p,
+            "log_q": log_q,
+            "log_p": log_p,
+        }
