@@ -48,7 +48,11 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
     }
 
 
-Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum", "free-bits"]
+#: objectives whose KL weight is one of their own weights rather than a scale on the latent
+#: sites: the trainer sets ``elbo.beta`` to the annealed beta (the total correlation's weight)
+WEIGHTED_OBJECTIVES = ("beta-tcvae",)
+
+Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum", "free-bits", "beta-tcvae"]
 Optimizer = Literal["adam", "clipped-adam", "adam-normgrad"]
 AnnealPer = Literal["step", "epoch"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]  # cuda: the same as gpu
@@ -66,18 +70,29 @@ def make_elbo(
     num_particles: int = 1,
     max_plate_nesting: int | None = None,
     free_bits: float = 0.0,
+    dataset_size: int | None = None,
+    tc_alpha: float = 1.0,
+    tc_gamma: float = 1.0,
 ) -> pyro.infer.ELBO:
     """The Pyro ELBO for an objective name: ``elbo`` (Trace_ELBO), ``meanfield``
     (TraceMeanField_ELBO, analytic KL where registered), ``iwae`` (RenyiELBO with
-    alpha=0), ``enum`` (TraceEnum_ELBO) or ``free-bits`` (:class:`FreeBitsELBO` with a
-    floor of ``free_bits`` nats per latent dimension)."""
+    alpha=0), ``enum`` (TraceEnum_ELBO), ``free-bits`` (:class:`FreeBitsELBO` with a
+    floor of ``free_bits`` nats per latent dimension) or ``beta-tcvae``
+    (:class:`~pyro_genmodels.infer.tcvae.TCVAE_ELBO` for minibatches of a data set of
+    ``dataset_size`` images, weights ``tc_alpha`` and ``tc_gamma``; beta is set by the
+    trainer)."""
+    from .tcvae import TCVAE_ELBO
+
     table = _elbo_objectives()
+    table["beta-tcvae"] = lambda n, fb: TCVAE_ELBO(dataset_size, tc_alpha, 1.0, tc_gamma)
     if objective not in table:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if objective == "free-bits" and not free_bits > 0:
         raise ValueError(f"the free-bits objective needs free_bits > 0, got {free_bits}")
+    if objective == "beta-tcvae" and int(num_particles) != 1:
+        raise ValueError(f"beta-tcvae takes one particle, got num_particles={num_particles}")
     elbo = table[objective](int(num_particles), float(free_bits))
     if max_plate_nesting is not None:  # spares Pyro's guess (and its log line)
         extra = 1 if elbo.vectorize_particles and elbo.num_particles > 1 else 0
@@ -103,6 +118,10 @@ def resolve_objective(config: TrainConfig | str, module) -> str:
     if objective == "free-bits" and default not in ("elbo", "meanfield"):
         raise ValueError(
             f"free bits replace a Trace_ELBO objective; this model trains with {default!r}"
+        )
+    if objective == "beta-tcvae" and default not in ("elbo", "meanfield"):
+        raise ValueError(
+            f"beta-tcvae replaces a Trace_ELBO objective; this model trains with {default!r}"
         )
     return objective
 
@@ -182,6 +201,8 @@ class TrainConfig:
     anneal_epochs: float = 0.0  # linear KL annealing from ~0 to beta over this many epochs
     anneal_per: AnnealPer = "step"  # warm-up: per step, or per epoch (beta * e / anneal_epochs)
     free_bits: float = 0.0  # KL floor in nats per latent dimension (objective free-bits)
+    tc_alpha: float = 1.0  # beta-tcvae: weight of the index-code MI (beta weights the TC)
+    tc_gamma: float = 1.0  # beta-tcvae: weight of the dimension-wise KL
     seed: int = 0  # random seed (initial weights, batches, samples)
     accelerator: Accelerator = "auto"  # auto (a GPU when available), cpu, gpu (= cuda)
     devices: int = 1  # processes per node (GPUs, or CPU processes); batch_size is per process
@@ -224,6 +245,9 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
+        for key in ("tc_alpha", "tc_gamma"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.free_bits > 0 and self.objective not in ("auto", "free-bits"):
             raise ValueError(
                 f"free_bits > 0 is the free-bits objective; got objective {self.objective!r}"

@@ -37,6 +37,7 @@ from .checkpoint import (
     write_jsonl_atomic,
 )
 from .config import (
+    WEIGHTED_OBJECTIVES,
     LatentScale,
     TrainConfig,
     TrainingDiverged,
@@ -88,9 +89,13 @@ class SVIModule(pl.LightningModule):
             with torch.random.fork_rng(devices=devices):  # the probe leaves the RNG untouched
                 nesting = probe(self.net.model, self.net.guide, x, check_estimable=False).nesting
             cfg = self.config
-            self.elbo = make_elbo(self.objective, cfg.num_particles, nesting, cfg.free_bits)
+            size = len(self.trainer.datamodule.train) if self._trainer is not None else None
+            self.elbo = make_elbo(self.objective, cfg.num_particles, nesting, cfg.free_bits,
+                                  size, cfg.tc_alpha, cfg.tc_gamma)  # fmt: skip
         model, guide = self.net.model, self.net.guide
-        if weight != 1.0:
+        if self.objective in WEIGHTED_OBJECTIVES:
+            self.elbo.beta = weight  # the objective's own KL-part weight
+        elif weight != 1.0:
             model, guide = LatentScale(weight)(model), LatentScale(weight)(guide)
         with pyro.validation_enabled(self.config.validate):
             return self.elbo.differentiable_loss(model, guide, x) / x.shape[0]

@@ -52,21 +52,22 @@ class TCVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
     distribution is diagonal (an ``Independent`` of a batch of univariate distributions,
     batched over the images in the data plate).
 
-    :param dataset_size: M, the number of training images the minibatches come from.
+    :param dataset_size: M, the number of training images the minibatches come from (the
+        trainer sets it; None until then).
     :param alpha: weight of the index-code mutual information.
     :param beta: weight of the total correlation.
     :param gamma: weight of the dimension-wise KL.
     """
 
-    def __init__(self, dataset_size: int, alpha: float = 1.0, beta: float = 1.0,
+    def __init__(self, dataset_size: int | None, alpha: float = 1.0, beta: float = 1.0,
                  gamma: float = 1.0, **kwargs):  # fmt: skip
-        if int(dataset_size) < 2:
+        if dataset_size is not None and int(dataset_size) < 2:
             raise ValueError(f"dataset_size must be at least 2, got {dataset_size}")
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             if not weight >= 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}")
         super().__init__(num_particles=1, vectorize_particles=False, **kwargs)
-        self.dataset_size = int(dataset_size)
+        self.dataset_size = None if dataset_size is None else int(dataset_size)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
 
     def decomposition(self, model, guide, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -106,6 +107,8 @@ class TCVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
             got = f"{tuple(z.shape)} with batch shape {tuple(fn.batch_shape)}"
             raise ValueError(f"expected {name} of shape (N, D) batched over the images, got {got}")
         n, m = z.shape[0], self.dataset_size
+        if m is None:
+            raise ValueError("beta-tcvae needs the size of the training set (dataset_size=)")
         pair = fn.base_dist.log_prob(z.unsqueeze(1))  # [i, j, d] = log q(z_id | x_j)
         log_qz, log_marginals = aggregate_log_q(pair, m)
         log_q = pair.diagonal(dim1=0, dim2=1).sum(0)
