@@ -15,6 +15,7 @@ from .config import (
     resolve_objective,
 )
 from .diagnostics import effective_sample_size, psis_khat
+from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO
 from .free_bits import FreeBitsELBO
 from .importance import (
     IWEstimate,
@@ -25,11 +26,12 @@ from .importance import (
 )
 from .kl import kl_divergence
 from .program import resolve_device
-from .tcvae import TCVAE_ELBO
 from .train import fit
 
 __all__ = [
     "AISEstimate",
+    "AnnealedELBO",
+    "DIPVAE_ELBO",
     "BDMCResult",
     "ais_estimate",
     "ais_log_marginal",

@@ -48,11 +48,13 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
     }
 
 
-#: objectives whose KL weight is one of their own weights rather than a scale on the latent
-#: sites: the trainer sets ``elbo.beta`` to the annealed beta (the total correlation's weight)
-WEIGHTED_OBJECTIVES = ("beta-tcvae",)
-
-Objective = Literal["auto", "elbo", "meanfield", "iwae", "enum", "free-bits", "beta-tcvae"]
+Objective = Literal[
+    "auto", "elbo", "meanfield", "iwae", "enum", "free-bits", "beta-tcvae", "dip-vae-i",
+    "dip-vae-ii", "annealed",
+]  # fmt: skip
+#: the objectives for disentangled representations (``infer.disentangle``): one particle,
+#: and a model whose own objective is a Trace_ELBO
+DISENTANGLING = ("beta-tcvae", "dip-vae-i", "dip-vae-ii", "annealed")
 Optimizer = Literal["adam", "clipped-adam", "adam-normgrad"]
 AnnealPer = Literal["step", "epoch"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]  # cuda: the same as gpu
@@ -71,28 +73,31 @@ def make_elbo(
     max_plate_nesting: int | None = None,
     free_bits: float = 0.0,
     dataset_size: int | None = None,
-    tc_alpha: float = 1.0,
-    tc_gamma: float = 1.0,
+    config: TrainConfig | None = None,
 ) -> pyro.infer.ELBO:
     """The Pyro ELBO for an objective name: ``elbo`` (Trace_ELBO), ``meanfield``
     (TraceMeanField_ELBO, analytic KL where registered), ``iwae`` (RenyiELBO with
     alpha=0), ``enum`` (TraceEnum_ELBO), ``free-bits`` (:class:`FreeBitsELBO` with a
-    floor of ``free_bits`` nats per latent dimension) or ``beta-tcvae``
-    (:class:`~pyro_genmodels.infer.tcvae.TCVAE_ELBO` for minibatches of a data set of
-    ``dataset_size`` images, weights ``tc_alpha`` and ``tc_gamma``; beta is set by the
-    trainer)."""
-    from .tcvae import TCVAE_ELBO
+    floor of ``free_bits`` nats per latent dimension), or one of
+    :mod:`~pyro_genmodels.infer.disentangle`'s: ``beta-tcvae`` (for minibatches of a data
+    set of ``dataset_size`` images), ``dip-vae-i``, ``dip-vae-ii`` and ``annealed``, with
+    the weights of ``config`` (beta and the capacity are set by the trainer at each step)."""
+    from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO
 
+    c = config or TrainConfig()
     table = _elbo_objectives()
-    table["beta-tcvae"] = lambda n, fb: TCVAE_ELBO(dataset_size, tc_alpha, 1.0, tc_gamma)
+    table["beta-tcvae"] = lambda n, fb: TCVAE_ELBO(dataset_size, c.tc_alpha, 1.0, c.tc_gamma)
+    table["dip-vae-i"] = lambda n, fb: DIPVAE_ELBO("i", c.dip_lambda_od, c.dip_lambda_d)
+    table["dip-vae-ii"] = lambda n, fb: DIPVAE_ELBO("ii", c.dip_lambda_od, c.dip_lambda_d)
+    table["annealed"] = lambda n, fb: AnnealedELBO(c.capacity_gamma)
     if objective not in table:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if objective == "free-bits" and not free_bits > 0:
         raise ValueError(f"the free-bits objective needs free_bits > 0, got {free_bits}")
-    if objective == "beta-tcvae" and int(num_particles) != 1:
-        raise ValueError(f"beta-tcvae takes one particle, got num_particles={num_particles}")
+    if objective in DISENTANGLING and int(num_particles) != 1:
+        raise ValueError(f"{objective} takes one particle, got num_particles={num_particles}")
     elbo = table[objective](int(num_particles), float(free_bits))
     if max_plate_nesting is not None:  # spares Pyro's guess (and its log line)
         extra = 1 if elbo.vectorize_particles and elbo.num_particles > 1 else 0
@@ -119,9 +124,9 @@ def resolve_objective(config: TrainConfig | str, module) -> str:
         raise ValueError(
             f"free bits replace a Trace_ELBO objective; this model trains with {default!r}"
         )
-    if objective == "beta-tcvae" and default not in ("elbo", "meanfield"):
+    if objective in DISENTANGLING and default not in ("elbo", "meanfield"):
         raise ValueError(
-            f"beta-tcvae replaces a Trace_ELBO objective; this model trains with {default!r}"
+            f"{objective} replaces a Trace_ELBO objective; this model trains with {default!r}"
         )
     return objective
 
@@ -203,6 +208,11 @@ class TrainConfig:
     free_bits: float = 0.0  # KL floor in nats per latent dimension (objective free-bits)
     tc_alpha: float = 1.0  # beta-tcvae: weight of the index-code MI (beta weights the TC)
     tc_gamma: float = 1.0  # beta-tcvae: weight of the dimension-wise KL
+    dip_lambda_od: float = 10.0  # dip-vae-i/ii: weight of the off-diagonal covariance terms
+    dip_lambda_d: float | None = None  # dip-vae: diagonal weight (default: 10x od for I, 1x for II)
+    capacity: float = 25.0  # annealed: the KL target C in nats, reached after capacity_epochs
+    capacity_epochs: float = 0.0  # annealed: C rises linearly from 0 over these epochs
+    capacity_gamma: float = 1000.0  # annealed: weight gamma of |KL - C|
     seed: int = 0  # random seed (initial weights, batches, samples)
     accelerator: Accelerator = "auto"  # auto (a GPU when available), cpu, gpu (= cuda)
     devices: int = 1  # processes per node (GPUs, or CPU processes); batch_size is per process
@@ -218,10 +228,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
-        if self.objective != "auto":
-            make_elbo(self.objective, self.num_particles, free_bits=self.free_bits)  # validates
-        elif int(self.num_particles) < 1:
-            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
         for key, kind in (("accelerator", Accelerator), ("precision", Precision),
                           ("logger", LoggerName)):  # fmt: skip
             valid = get_args(kind)
@@ -245,9 +251,21 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
-        for key in ("tc_alpha", "tc_gamma"):
+        for key in ("tc_alpha", "tc_gamma", "dip_lambda_od", "capacity", "capacity_epochs",
+                    "capacity_gamma"):  # fmt: skip
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.dip_lambda_d is not None and not self.dip_lambda_d >= 0:
+            raise ValueError(f"dip_lambda_d must be >= 0, got {self.dip_lambda_d}")
+        if self.objective == "annealed" and (self.beta != 1.0 or self.anneal_epochs > 0):
+            raise ValueError(
+                "the annealed objective has its own schedule (capacity, capacity_epochs, "
+                "capacity_gamma); beta and anneal_epochs do not apply to it"
+            )
+        if self.objective != "auto":  # the objective's settings together
+            make_elbo(self.objective, self.num_particles, free_bits=self.free_bits, config=self)
+        elif int(self.num_particles) < 1:
+            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
         if self.free_bits > 0 and self.objective not in ("auto", "free-bits"):
             raise ValueError(
                 f"free_bits > 0 is the free-bits objective; got objective {self.objective!r}"

@@ -37,7 +37,6 @@ from .checkpoint import (
     write_jsonl_atomic,
 )
 from .config import (
-    WEIGHTED_OBJECTIVES,
     LatentScale,
     TrainConfig,
     TrainingDiverged,
@@ -45,6 +44,7 @@ from .config import (
     make_elbo,
     resolve_objective,
 )
+from .disentangle import capacity_at
 from .importance import log_importance_weights
 from .kl import kl_divergence
 from .optim import AdamNormGrad
@@ -91,10 +91,15 @@ class SVIModule(pl.LightningModule):
             cfg = self.config
             size = len(self.trainer.datamodule.train) if self._trainer is not None else None
             self.elbo = make_elbo(self.objective, cfg.num_particles, nesting, cfg.free_bits,
-                                  size, cfg.tc_alpha, cfg.tc_gamma)  # fmt: skip
+                                  size, cfg)  # fmt: skip
         model, guide = self.net.model, self.net.guide
-        if self.objective in WEIGHTED_OBJECTIVES:
-            self.elbo.beta = weight  # the objective's own KL-part weight
+        if self.objective == "beta-tcvae":
+            self.elbo.beta = weight  # beta weighs the total correlation
+        elif self.objective == "annealed":
+            steps = self.trainer.num_training_batches if self._trainer is not None else 1
+            cfg = self.config
+            self.elbo.capacity = capacity_at(cfg.capacity, cfg.capacity_epochs * steps,
+                                             self.global_step)  # fmt: skip
         elif weight != 1.0:
             model, guide = LatentScale(weight)(model), LatentScale(weight)(guide)
         with pyro.validation_enabled(self.config.validate):

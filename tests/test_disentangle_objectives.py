@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_genmodels.infer.tcvae import TCVAE_ELBO, aggregate_log_q
+from pyro_genmodels.infer.disentangle import TCVAE_ELBO, aggregate_log_q
 
 D = 3
 
@@ -156,3 +156,83 @@ def test_beta_tcvae_lowers_its_loss_on_a_fixed_batch():
         elbo.differentiable_loss(vae.model, vae.guide, x).backward()
         optim.step()
     assert loss_at_seed() < 0.9 * before
+
+
+def test_the_dip_penalty_against_a_hand_computation():
+    from pyro_genmodels.infer.disentangle import dip_penalty
+
+    mean = torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    posterior_cov = torch.diag_embed(torch.tensor([[0.5, 1.0], [1.5, 1.0], [1.0, 1.0]],
+                                                  dtype=torch.float64))  # fmt: skip
+    # covariance of the means over the 3 images (dividing by N): centred rows
+    # (-1, -2), (1, 0), (0, 2) -> [[2/3, 2/3], [2/3, 8/3]]
+    i = dip_penalty(mean, posterior_cov, "i", lambda_od=10.0, lambda_d=100.0)
+    expected_i = 10.0 * 2 * (2 / 3) ** 2 + 100.0 * ((2 / 3 - 1) ** 2 + (8 / 3 - 1) ** 2)
+    assert i.item() == pytest.approx(expected_i)
+    # II adds the mean posterior covariance, diag(1, 1): [[5/3, 2/3], [2/3, 11/3]]
+    ii = dip_penalty(mean, posterior_cov, "ii", lambda_od=10.0, lambda_d=10.0)
+    expected_ii = 10.0 * 2 * (2 / 3) ** 2 + 10.0 * ((5 / 3 - 1) ** 2 + (11 / 3 - 1) ** 2)
+    assert ii.item() == pytest.approx(expected_ii)
+
+
+def test_dip_vae_loss_is_the_negative_elbo_plus_n_times_the_penalty():
+    from pyro_genmodels.infer.disentangle import DIPVAE_ELBO, dip_penalty
+
+    model, guide, loc_scale = make_pair(seed=4)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    loc, scale = loc_scale(x)
+    for variant in ("i", "ii"):
+        elbo = DIPVAE_ELBO(variant, lambda_od=3.0)
+        assert elbo.lambda_d == (30.0 if variant == "i" else 3.0)  # disentanglement_lib's
+        pyro.set_rng_seed(0)
+        ours = elbo.differentiable_loss(model, guide, x)
+        pyro.set_rng_seed(0)
+        plain = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x)
+        penalty = dip_penalty(loc, torch.diag_embed(scale**2), variant, 3.0, elbo.lambda_d)
+        assert ours.item() == pytest.approx((plain + 10 * penalty).item())
+
+
+def test_the_capacity_schedule_and_the_annealed_loss():
+    from pyro_genmodels.infer.disentangle import AnnealedELBO, capacity_at
+
+    assert [capacity_at(25.0, 4, s) for s in range(6)] == [6.25, 12.5, 18.75, 25.0, 25.0, 25.0]
+    assert capacity_at(25.0, 0, 0) == 25.0
+    model, guide, loc_scale = make_pair(seed=5)
+    x = torch.randn(8, 2, dtype=torch.float64)
+    loc, scale = loc_scale(x)
+    kl = torch.distributions.kl_divergence(
+        dist.Normal(loc, scale).to_event(1), dist.Normal(torch.zeros(D, dtype=x.dtype), 1.0)
+        .expand([8, D]).to_event(1)).mean()  # fmt: skip
+    elbo = AnnealedELBO(gamma=100.0, capacity=2.0)
+    pyro.set_rng_seed(0)
+    ours = elbo.differentiable_loss(model, guide, x)
+    pyro.set_rng_seed(0)
+    trace = pyro.poutine.trace(guide).get_trace(x)
+    z = trace.nodes["z"]["value"]
+    log_lik = dist.Normal(z[:, :2], 0.5).to_event(1).log_prob(x).sum()
+    assert ours.item() == pytest.approx((-log_lik + 100.0 * 8 * (kl - 2.0).abs()).item())
+
+
+@pytest.mark.parametrize("objective", ["dip-vae-i", "dip-vae-ii", "annealed"])
+def test_each_objective_trains_through_the_command_line(objective, tmp_path, capsys):
+    import json
+
+    from test_cli import run
+
+    code, _, err = run(capsys, "train", "--model", "vae", "--dataset", "digits", "--limit", 256,
+                       "--objective", objective, "--epochs", 1, "--latent-dim", 4,
+                       "--hidden-dims", "32", "--no-progress", "--out", tmp_path / "r")  # fmt: skip
+    assert code == 0, err
+    (row,) = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert row["objective"] == objective
+
+
+def test_the_annealed_objective_refuses_beta_and_annealing():
+    from pyro_genmodels.infer import TrainConfig
+
+    with pytest.raises(ValueError, match="has its own schedule"):
+        TrainConfig(objective="annealed", beta=4.0)
+    with pytest.raises(ValueError, match="dip_lambda_od must be >= 0"):
+        TrainConfig(objective="dip-vae-i", dip_lambda_od=-1.0)

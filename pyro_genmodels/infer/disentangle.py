@@ -1,4 +1,8 @@
-"""beta-TCVAE (Chen et al. 2018, "Isolating sources of disentanglement in VAEs").
+"""Objectives for disentangled representations, as Pyro ELBOs any VAE model/guide pair can
+train with: beta-TCVAE (:class:`TCVAE_ELBO`), DIP-VAE I and II (:class:`DIPVAE_ELBO`) and
+AnnealedVAE (:class:`AnnealedELBO`); beta-VAE is the ``beta`` of every objective.
+
+beta-TCVAE (Chen et al. 2018, "Isolating sources of disentanglement in VAEs"):
 
 The KL term of the ELBO, averaged over the data, splits into three (their eq. 2)::
 
@@ -132,3 +136,115 @@ class TCVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
             "log_q": log_q,
             "log_p": log_p,
         }
+
+
+def _posterior_moments(fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean ``(N, D)`` and covariance ``(N, D, D)`` of a Gaussian guide distribution."""
+    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1:
+        mean, variance = fn.mean, fn.variance
+        return mean, torch.diag_embed(variance)
+    if hasattr(fn, "covariance_matrix") and len(fn.event_shape) == 1:
+        return fn.mean, fn.covariance_matrix
+    raise ValueError(
+        f"DIP-VAE needs the mean and covariance of q(z|x): a diagonal (Independent) or "
+        f"multivariate Gaussian guide, got {type(fn).__name__}"
+    )
+
+
+def dip_penalty(mean: torch.Tensor, covariance: torch.Tensor, variant: str,
+                lambda_od: float, lambda_d: float) -> torch.Tensor:  # fmt: skip
+    """Kumar et al.'s (2018) penalty ``lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i
+    (C_ii - 1)^2`` on ``C``, the covariance over the batch of the encoder means (variant
+    ``"i"``) or of z under q(z) (``"ii"``: that plus the mean of the posterior covariances).
+    Covariances over the batch divide by N (disentanglement_lib's)."""
+    centred = mean - mean.mean(0)
+    cov = centred.T @ centred / mean.shape[0]
+    if variant == "ii":
+        cov = cov + covariance.mean(0)
+    elif variant != "i":
+        raise ValueError(f"unknown DIP-VAE variant {variant!r}; valid: i, ii")
+    diagonal = torch.diagonal(cov)
+    off = cov - torch.diag_embed(diagonal)
+    return lambda_od * (off**2).sum() + lambda_d * ((diagonal - 1) ** 2).sum()
+
+
+class DIPVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+    """DIP-VAE (Kumar et al. 2018): the negative ELBO plus N times :func:`dip_penalty` of the
+    batch (N images), so that per image the penalty weighs as in disentanglement_lib, whose
+    losses are batch means. One latent site, with a Gaussian guide.
+
+    :param variant: ``"i"`` (covariance of the encoder means) or ``"ii"`` (of z under q(z)).
+    :param lambda_od: weight of the off-diagonal terms.
+    :param lambda_d: weight of the diagonal terms (disentanglement_lib: 10 lambda_od for I,
+        lambda_od for II).
+    """
+
+    def __init__(self, variant: str = "i", lambda_od: float = 10.0, lambda_d: float | None = None,
+                 **kwargs):  # fmt: skip
+        if variant not in ("i", "ii"):
+            raise ValueError(f"unknown DIP-VAE variant {variant!r}; valid: i, ii")
+        lambda_d = (10.0 if variant == "i" else 1.0) * lambda_od if lambda_d is None else lambda_d
+        if not (lambda_od >= 0 and lambda_d >= 0):
+            raise ValueError(f"DIP-VAE weights must be >= 0, got {lambda_od}, {lambda_d}")
+        super().__init__(vectorize_particles=False, **kwargs)
+        self.variant, self.lambda_od, self.lambda_d = variant, float(lambda_od), float(lambda_d)
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+        latents = [s for s in guide_trace.nodes.values()
+                   if s["type"] == "sample" and not s["is_observed"]
+                   and not site_is_subsample(s)]  # fmt: skip
+        if len(latents) != 1:
+            raise ValueError(f"DIP-VAE needs one latent site in the guide, got {len(latents)}")
+        mean, covariance = _posterior_moments(latents[0]["fn"])
+        penalty = mean.shape[0] * dip_penalty(mean, covariance, self.variant, self.lambda_od,
+                                              self.lambda_d)  # fmt: skip
+        return loss + penalty.detach(), surrogate + penalty
+
+
+def capacity_at(capacity: float, capacity_steps: float, step: int) -> float:
+    """Burgess et al.'s capacity after optimizer step ``step`` (0-based): rising linearly
+    from 0 to ``capacity`` nats over ``capacity_steps`` steps, then held."""
+    if capacity_steps <= 0:
+        return float(capacity)
+    return float(capacity) * min(1.0, (step + 1) / capacity_steps)
+
+
+class AnnealedELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+    """AnnealedVAE (Burgess et al. 2018, "Understanding disentangling in beta-VAE"): the
+    reconstruction term plus ``gamma * N * |KL - C|``, where KL is the batch mean of
+    KL(q(z|x) || p(z)) (analytic where torch has it, else the sample's log q - log p) and
+    the capacity C (nats) is set by the trainer at every step (:func:`capacity_at`).
+    """
+
+    def __init__(self, gamma: float = 1000.0, capacity: float = 0.0, **kwargs):
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        super().__init__(vectorize_particles=False, **kwargs)
+        self.gamma, self.capacity = float(gamma), float(capacity)
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        from torch.distributions import kl_divergence
+
+        log_lik, kl, n = 0.0, 0.0, None
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["is_observed"]:
+                log_lik = log_lik + site["log_prob_sum"]
+                continue
+            q = guide_trace.nodes.get(name)
+            if q is None:
+                raise ValueError(f"AnnealedVAE needs every latent in the guide; {name!r} is not")
+            if not q["fn"].has_rsample:
+                raise ValueError(f"AnnealedVAE needs a reparameterized q({name}|x)")
+            try:
+                per_image = kl_divergence(q["fn"], site["fn"])
+            except NotImplementedError:
+                per_image = q["fn"].log_prob(q["value"]) - site["fn"].log_prob(site["value"])
+            n = per_image.numel()
+            kl = kl + per_image.sum()
+        if n is None:
+            raise ValueError("AnnealedVAE needs a latent site")
+        loss = -log_lik + self.gamma * n * (kl / n - self.capacity).abs()
+        return loss.detach(), loss
