@@ -191,6 +191,9 @@ def _add_train(sub) -> None:
         "default) or every batch (dynamic); binarized-mnist is static",
     )
     data.add_argument("--no-download", action="store_true", help="never try to download data")
+    data.add_argument(
+        "--image-size", type=int, choices=(32, 64), help="sprites: 32x32 for fast runs (64)"
+    )
     add_config_arguments(
         p.add_argument_group("training"), {"train": TrainConfig}, TRAIN_DEST,
         skip=ENGINE_FIELDS, aliases={"epochs": ["--max-epochs"]},
@@ -338,6 +341,7 @@ def cmd_train(args) -> int:
         resume=args.resume,
         on_epoch_end=_print_epoch,
         preset=recipe.name if recipe else None,
+        image_size=args.image_size,
     )
     if not _rank_zero():
         return 0  # the other processes of a distributed run print nothing

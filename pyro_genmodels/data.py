@@ -4,7 +4,9 @@ Data sets: ``digits`` (scikit-learn's 8x8 digits, embedded,
 always available offline), ``mnist``, ``binarized-mnist`` (the static
 Larochelle & Murray binarization) and ``fashion-mnist`` (grey, 28x28); ``cifar10`` and
 ``svhn`` (RGB, 32x32); ``photo-patches`` (RGB 16x16 patches of the two colour photographs
-scikit-learn ships, embedded, the offline RGB default).
+scikit-learn ships, embedded, the offline RGB default); with known factors of variation,
+``sprites`` (generated, 64x64 or 32x32 binary: :mod:`pyro_genmodels.sprites`), ``dsprites``
+and ``shapes3d`` (DeepMind's files, where the user has them).
 
 Files are read from ``data_dir``, else ``$PYRO_GENMODELS_DATA``, else a user
 cache directory, in these layouts:
@@ -48,7 +50,12 @@ from torch.utils.data import Dataset
 
 DATASETS = (
     "digits", "mnist", "binarized-mnist", "fashion-mnist", "cifar10", "svhn", "photo-patches",
+    "sprites", "dsprites", "shapes3d",
 )  # fmt: skip
+#: data sets with known factors of variation (``ImageDataset.factors``)
+FACTOR_DATASETS = ("sprites", "dsprites", "shapes3d")
+#: images of each split of a factor data set kept for validation and test (the rest train)
+FACTOR_HELD_OUT = 5000
 SPLITS = ("train", "valid", "test")
 BINARIZATIONS = ("static", "dynamic")
 DATA_FORMATS = ("binary", "dequantized", "levels")
@@ -76,13 +83,17 @@ def default_data_dir() -> Path:
 
 @dataclass
 class RawImages:
-    """One split as stored: ``images`` uint8 ``(N, C, H, W)``, grey levels or 0/1."""
+    """One split as stored: ``images`` uint8 ``(N, C, H, W)``, grey levels or 0/1; for a data
+    set with known factors, their classes ``(N, K)`` and the source that draws images from
+    given factors (:class:`~pyro_genmodels.sprites.FactorImages`)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     binary: bool
     name: str
     split: str
+    factors: np.ndarray | None = None
+    source: object | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -398,20 +409,67 @@ def photo_patches(split: str) -> torch.Tensor:
     return torch.cat(patches).contiguous()
 
 
-def load_raw(
-    name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = True
-) -> RawImages:
-    """Read one split of a data set as stored (uint8 grey levels, or 0/1 for binarized-mnist).
+def _factor_split(name: str, split: str, root: Path, limit: int | None,
+                  image_size: int | None) -> RawImages:  # fmt: skip
+    """A split of a data set with known factors: a fixed random permutation of all the
+    combinations (seed 0) gives 5000 test images (a tenth of a smaller file), then as many
+    for validation, then the rest to train; only the first ``limit`` of the split are read
+    or drawn."""
+    from . import sprites
 
+    if name == "sprites":
+        source = sprites.Sprites(image_size or 64)
+    elif image_size not in (None, 64):
+        raise ValueError(f"{name} images are 64x64; image_size applies to sprites only")
+    elif name == "dsprites":
+        try:
+            source = sprites.DSprites(root)
+        except FileNotFoundError as e:
+            raise DataNotFoundError(f"{e}; pass data_dir= or set ${ENV_DATA_DIR} to the "
+                                    "directory holding it") from None  # fmt: skip
+    else:
+        try:
+            source = sprites.Shapes3D(root)
+        except FileNotFoundError as e:
+            raise DataNotFoundError(f"{e}; pass data_dir= or set ${ENV_DATA_DIR} to the "
+                                    "directory holding it") from None  # fmt: skip
+    order = np.random.default_rng(0).permutation(len(source))
+    held = min(FACTOR_HELD_OUT, len(source) // 10)  # a tenth each of a small file
+    index = {"test": order[:held], "valid": order[held : 2 * held], "train": order[2 * held :]}
+    index = index[split][:limit] if limit is not None else index[split]
+    images = torch.from_numpy(np.ascontiguousarray(source.images(index)))
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    binary = name != "shapes3d"
+    return RawImages(images.contiguous(), None, binary, name, split, source.classes(index), source)
+
+
+def load_raw(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    limit: int | None = None,
+    image_size: int | None = None,
+) -> RawImages:
+    """Read one split of a data set as stored (uint8 grey levels, or 0/1 for binarized-mnist
+    and the sprites).
+
+    :param limit: read only the first ``limit`` images (the data sets with factors draw or
+        read only those; the others are read whole and cut by :meth:`ImageDataset.subset`).
+    :param image_size: 32 for the 32x32 sprites (default 64).
     :raises ValueError: unknown name or split, or a file with the wrong shape or values.
     :raises DataNotFoundError: the files are missing and could not be downloaded.
     """
     _check_name(name, split)
+    if image_size is not None and name not in FACTOR_DATASETS:
+        raise ValueError(f"image_size applies to sprites only, not {name}")
     if name == "digits":
         return _digits(split)
     if name == "photo-patches":
         return RawImages(photo_patches(split), None, False, name, split)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if name in FACTOR_DATASETS:
+        return _factor_split(name, split, root, limit, image_size)
     download = download and not os.environ.get(ENV_NO_DOWNLOAD)
     if name == "binarized-mnist":
         return _binarized_mnist(split, root, download)
@@ -464,7 +522,8 @@ class ImageDataset(Dataset):
         self.binarization = binarization if data_format == "binary" else None
         split_seed = self.seed * 7 + SPLITS.index(raw.split)
         self._gen = lambda: torch.Generator().manual_seed(split_seed)
-        self.base = raw.images.float()
+        # binary images stay uint8 (a quarter of the memory) and become float per batch
+        self.base = raw.images if raw.binary else raw.images.float()
         if data_format == "binary" and not raw.binary:
             self.base = self.base / 255.0  # probabilities
             if binarization == "static":
@@ -491,7 +550,19 @@ class ImageDataset(Dataset):
             "binarization": self.binarization,
         }
 
+    @property
+    def factors(self) -> np.ndarray | None:
+        """The factor classes ``(N, K)`` of each image, for a data set with known factors."""
+        return self.raw.factors
+
+    @property
+    def factor_source(self):
+        """What draws images from given factors (``factor_sizes``, ``images_from_factors``),
+        for a data set with known factors; else None."""
+        return self.raw.source
+
     def _realize(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        batch = batch.float()
         if self.data_format == "binary" and self.binarization == "dynamic":
             return binarize(batch, generator)
         if self.data_format == "dequantized":
@@ -516,7 +587,9 @@ class ImageDataset(Dataset):
         out.__dict__.update(self.__dict__)
         limit = int(limit)
         labels = self.raw.labels[:limit] if self.raw.labels is not None else None
-        out.raw = RawImages(self.raw.images[:limit], labels, self.raw.binary, *self._names())
+        factors = self.raw.factors[:limit] if self.raw.factors is not None else None
+        out.raw = RawImages(self.raw.images[:limit], labels, self.raw.binary, *self._names(),
+                            factors, self.raw.source)  # fmt: skip
         out.base = self.base[:limit]
         return out
 
@@ -533,11 +606,12 @@ def load_dataset(
     limit: int | None = None,
     download: bool = True,
     seed: int = 0,
+    image_size: int | None = None,
 ) -> ImageDataset:
     """Load a split in the representation ``data_format`` (see the module docstring).
 
     >>> train = load_dataset("digits", "train", "binary")  # doctest: +SKIP
     >>> x = train.fixed()  # (1297, 1, 8, 8) in {0, 1}
     """
-    raw = load_raw(name, split, data_dir, download)
+    raw = load_raw(name, split, data_dir, download, limit, image_size)
     return ImageDataset(raw, data_format, binarization, seed).subset(limit)

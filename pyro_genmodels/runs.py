@@ -87,12 +87,14 @@ def train_run(
     resume: bool = False,
     on_epoch_end=None,
     preset: str | None = None,
+    image_size: int | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``model_name`` on ``dataset`` and keep everything in the run directory ``out``.
 
     :param model_config: config keys of the model (not ``image_shape``: the data's).
     :param train_config: a :class:`TrainConfig`, or a dict of its keys.
     :param preset: the name of the recipe the settings came from, kept in the metadata.
+    :param image_size: 32 for the 32x32 sprites (see :func:`~pyro_genmodels.data.load_raw`).
 
     With ``resume``, the model, data and training settings come from the checkpoint;
     only the keys in :data:`RESUMABLE` (``epochs``: the total to reach) may change.
@@ -117,6 +119,7 @@ def train_run(
                 f"{dataset} (drop --dataset, or train a new run with another --out)"
             )
         dataset, limit, binarization = data["dataset"], data["limit"], data["binarization"]
+        image_size = data.get("image_size")
         preset = meta.get("preset")
         data_dir = data_dir if data_dir is not None else data.get("data_dir")
     elif ckpt_path.exists():
@@ -130,12 +133,13 @@ def train_run(
     if "image_shape" in model_config:
         raise ValueError("image_shape comes from the data set; leave it out of the model config")
     binarization = binarization or "static"
-    raw_train = load_raw(dataset, "train", data_dir, download)
+    raw_train = load_raw(dataset, "train", data_dir, download, limit, image_size)
     # the config is built once: it names the likelihood, which picks the data representation
     config = make_config(model_name, image_shape=raw_train.image_shape, **model_config)
     fmt = LIKELIHOODS[config.likelihood].data_format
     train = ImageDataset(raw_train, fmt, binarization).subset(limit)
-    valid = load_dataset(dataset, "valid", fmt, binarization, data_dir, None, download)
+    valid = load_dataset(dataset, "valid", fmt, binarization, data_dir, None, download,
+                         image_size=image_size)  # fmt: skip
     torch.manual_seed(train_config.seed)  # the initial weights follow the seed
     module = model_from_config(model_name, config)
     metadata = {
@@ -147,6 +151,7 @@ def train_run(
             "data_format": fmt,
             "binarization": train.binarization,
             "limit": limit,
+            "image_size": image_size,
             "data_dir": str(data_dir) if data_dir is not None else None,
             "num_train": len(train),
         },
@@ -182,6 +187,7 @@ class Run:
             data["binarization"] or "static",
             data_dir,
             limit,
+            image_size=data.get("image_size") if dataset in (None, data["dataset"]) else None,
         )
         if tuple(ds.image_shape) != tuple(self.metadata["image_shape"]):
             raise ValueError(

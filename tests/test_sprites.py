@@ -127,3 +127,48 @@ def test_the_3d_shapes_file_is_read_by_factors(tmp_path):
     x = data.images_from_factors(factors)  # repeated and unsorted indices too
     assert x.shape == (3, 3, 64, 64)
     assert np.array_equal(x[:, 0, 0, :6].numpy().astype(np.int64), factors)
+
+
+def test_sprites_as_a_data_set_with_factors(tmp_path, capsys):
+    import json
+
+    from test_cli import run
+
+    from pyro_genmodels.data import load_dataset
+
+    test = load_dataset("sprites", "test", image_size=32, limit=20)
+    x = test.fixed()
+    assert x.shape == (20, 1, 32, 32) and set(x.unique().tolist()) == {0.0, 1.0}
+    assert test.factors.shape == (20, 6)
+    # the images are those of their factors, and the splits are disjoint
+    again = test.factor_source.images_from_factors(test.factors)
+    assert torch.equal(again, x)
+    source = test.factor_source
+    splits = {s: set(source.index(load_dataset("sprites", s, limit=300).factors).tolist())
+              for s in ("train", "valid", "test")}  # fmt: skip
+    assert not (splits["train"] & splits["valid"] or splits["train"] & splits["test"]
+                or splits["valid"] & splits["test"])  # fmt: skip
+    code, _, err = run(capsys, "train", "--model", "vae", "--dataset", "sprites", "--image-size",
+                       32, "--limit", 64, "--epochs", 1, "--latent-dim", 4, "--hidden-dims",
+                       "16", "--no-progress", "--out", tmp_path / "r")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", tmp_path / "r", "--num-samples", 4, "--limit", 8,
+                         "--no-progress", "--json", tmp_path / "e.json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert (result["dataset"], result["num_examples"]) == ("sprites", 8)
+    with pytest.raises(ValueError, match="image_size applies to sprites only"):
+        load_dataset("digits", "test", image_size=32)
+
+
+def test_the_dsprites_file_as_a_data_set(tmp_path):
+    from pyro_genmodels.data import DataNotFoundError, load_dataset
+
+    write_dsprites(tmp_path / sprites.DSPRITES_FILE)
+    train = load_dataset("dsprites", "train", data_dir=tmp_path)
+    test = load_dataset("dsprites", "test", data_dir=tmp_path)
+    assert len(train) + 2 * len(test) == 48 and len(test) == 4
+    x = train.fixed()
+    assert np.array_equal(x[:, 0, 0, :6].numpy().astype(np.int64), train.factors)
+    with pytest.raises(DataNotFoundError, match="pass data_dir= or set"):
+        load_dataset("dsprites", "test", data_dir=tmp_path / "empty")
