@@ -462,6 +462,14 @@ def _summary(r: dict) -> str:
             f"  naive prior-sampling NLL ({r['prior_num_samples']} z ~ p(z)): "
             f"{r['prior_nll']:.3f} nats"
         )
+    if "mig" in r:
+        lines.append(
+            f"  disentanglement on {r['disentanglement_num_images']} images: MIG {r['mig']:.3f}, "
+            f"SAP {r['sap']:.3f}, DCI {r['dci_disentanglement']:.3f} / "
+            f"{r['dci_completeness']:.3f} / {r['dci_informativeness']:.3f}, modularity "
+            f"{r['modularity']:.3f}; beta-VAE score {r['beta_vae_score']:.3f}, FactorVAE score "
+            f"{r['factor_vae_score']:.3f}"
+        )
     lines.append(f"  ({r['seconds']:.1f}s)")
     return "\n".join(lines)
 

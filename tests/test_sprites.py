@@ -157,6 +157,23 @@ def test_sprites_as_a_data_set_with_factors(tmp_path, capsys):
     assert code == 0, err
     result = json.loads((tmp_path / "e.json").read_text())
     assert (result["dataset"], result["num_examples"]) == ("sprites", 8)
+    code, out, err = run(capsys, "evaluate", tmp_path / "r", "--num-samples", 2, "--limit", 200,
+                         "--disentanglement", "--intervention-points", 20, "--no-progress",
+                         "--json", tmp_path / "d.json")  # fmt: skip
+    assert code == 0, err
+    scores = json.loads((tmp_path / "d.json").read_text())
+    keys = ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+            "modularity", "beta_vae_score", "factor_vae_score")  # fmt: skip
+    assert all(0.0 <= scores[k] <= 1.0 for k in keys), scores
+    assert scores["disentanglement_num_images"] == 200 and "MIG" in out
+    assert scores["disentanglement_factors"] == ["shape", "scale", "orientation", "pos_x",
+                                                 "pos_y"]  # colour is constant  # fmt: skip
+    from pyro_genmodels.evaluation import disentanglement_scores
+    from pyro_genmodels.runs import load_run
+
+    module = load_run(tmp_path / "r").module
+    with pytest.raises(ValueError, match="digits has no known factors"):
+        disentanglement_scores(module, load_dataset("digits", "test", limit=10))
     with pytest.raises(ValueError, match="image_size applies to sprites only"):
         load_dataset("digits", "test", image_size=32)
 
