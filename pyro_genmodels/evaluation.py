@@ -35,7 +35,8 @@ from .runs import load_run
 
 Split = Literal[SPLITS]  # type: ignore[valid-type]  # Literal of the tuple's values
 Dataset = Literal[DATASETS]  # type: ignore[valid-type]
-PLOT_KINDS = ("curves", "reconstructions", "traversals", "manifold", "embedding")
+PLOT_KINDS = ("curves", "reconstructions", "traversals", "manifold", "embedding",
+              "mutual-information")  # fmt: skip
 PlotKind = Literal[PLOT_KINDS]  # type: ignore[valid-type]
 AIS_GRADIENT_DTYPES = ("bfloat16", "float16")
 GradientDtype = Literal[AIS_GRADIENT_DTYPES]  # type: ignore[valid-type]
@@ -527,9 +528,11 @@ def plot_run(run_dir: str | Path, out: str | Path, config: PlotConfig | None = N
     """Draw one figure of a run into a PNG: ``curves`` (training loss and validation ELBO/KL
     per epoch), ``reconstructions`` (inputs next to their reconstructions; the first 16
     images unless ``limit``), ``traversals`` (one latent dimension at a time around an
-    image's code), ``manifold`` (a grid of decoded z, latent_dim 2 only) or ``embedding``
-    (q(z|x) means in 2-D, coloured by label). The codes of the last two use the first 2000
-    images unless ``limit``."""
+    image's code; on a data set with known factors each row names the factor its dimension
+    has the most mutual information with), ``manifold`` (a grid of decoded z, latent_dim 2
+    only), ``embedding`` (q(z|x) means in 2-D, coloured by label) or
+    ``mutual-information`` (latents against factors, a heat map). The codes use the first
+    2000 images unless ``limit``."""
     from . import plots
 
     config = _config(PlotConfig, config, overrides)
@@ -557,8 +560,26 @@ def plot_run(run_dir: str | Path, out: str | Path, config: PlotConfig | None = N
         plots.plot_reconstructions(x, x_rec, out, value_range=module.likelihood.value_range)
         return Path(out)
     z = torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
+    factors = images.factors
+    if factors is not None:  # the factor each latent dimension knows most about
+        from .disentanglement import mutual_information
+
+        names = images.factor_source.factor_names
+        mi = mutual_information(z.numpy(), factors)
+    if kind == "mutual-information":
+        if factors is None:
+            name = images.describe()["dataset"]
+            raise ValueError(f"{name} has no known factors; the mutual-information plot "
+                             "needs sprites, dsprites or shapes3d")  # fmt: skip
+        title = f"{loaded.model_name}: MI of the q(z|x) means, {len(x)} {data.split} images"
+        plots.plot_mutual_information(mi, names, out, title)
+        return Path(out)
     if kind == "traversals":
-        plots.plot_traversals(module, x, dims=plots.most_active_dims(z, config.dims), path=out)
+        dims = plots.most_active_dims(z, config.dims)
+        labels = None
+        if factors is not None:
+            labels = [f"{names[mi[d].argmax()]} ({mi[d].max():.2f} nats)" for d in dims]
+        plots.plot_traversals(module, x, dims=dims, path=out, row_labels=labels)
         return Path(out)
     if images.labels is None or len(images.labels) != len(x):
         raise ValueError(

@@ -188,11 +188,13 @@ def most_active_dims(codes: torch.Tensor, n: int) -> list[int]:
 
 @torch.no_grad()
 def plot_traversals(
-    module, x: torch.Tensor | None = None, dims=None, span: float = 3.0, steps=9, path=None
-):
+    module, x: torch.Tensor | None = None, dims=None, span: float = 3.0, steps=9, path=None,
+    row_labels: Sequence[str] | None = None,
+):  # fmt: skip
     """Vary one latent dimension at a time (others fixed at the encoding of ``x``, or 0).
 
     Needs real-valued latents (not the one-hot codes of ``guide="categorical"``).
+    :param row_labels: a label per row after its dimension (e.g. the factor it captures).
     """
     if not module.latent_is_real:
         raise ValueError("latent traversals need real-valued latents, not one-hot codes")
@@ -210,7 +212,12 @@ def plot_traversals(
     fig, ax = plt.subplots(figsize=(width + 0.8, height))
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
     cell_h, cell_w = grid.shape[0] / len(dims), grid.shape[1] / steps
-    ax.set_yticks([(i + 0.5) * cell_h for i in range(len(dims))], [f"z[{k}]" for k in dims])
+    names = [f"z[{k}]" for k in dims]
+    if row_labels is not None:
+        if len(row_labels) != len(dims):
+            raise ValueError(f"{len(row_labels)} row labels for {len(dims)} rows")
+        names = [f"{n}: {label}" for n, label in zip(names, row_labels, strict=True)]
+    ax.set_yticks([(i + 0.5) * cell_h for i in range(len(dims))], names)
     ax.set_xticks([(i + 0.5) * cell_w for i in range(steps)],
                   [f"{v:+.1f}" for v in values.tolist()])  # fmt: skip
     ax.tick_params(length=0)
@@ -302,4 +309,29 @@ def plot_embedding(z: torch.Tensor, labels, method: str = "pca", path=None, titl
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.set_title(title or f"latent means, 2-D {method}")
+    return _finish(fig, path)
+
+
+def plot_mutual_information(mi, factor_names: Sequence[str], path=None, title=None):
+    """The mutual information (nats) between each latent dimension (rows) and each factor
+    (columns) as a heat map, each cell annotated; ``mi`` is ``(D, K)``, e.g. from
+    :func:`pyro_genmodels.disentanglement.mutual_information`."""
+    mi = np.asarray(mi, float)
+    if mi.ndim != 2 or mi.shape[1] != len(factor_names):
+        raise ValueError(f"mi must be (D, {len(factor_names)}), got shape {mi.shape}")
+    d, k = mi.shape
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.45 * d))
+    image = ax.imshow(mi, cmap="viridis", aspect="auto", vmin=0)
+    ax.set_xticks(range(k), list(factor_names), rotation=30, ha="right")
+    ax.set_yticks(range(d), [f"z[{i}]" for i in range(d)])
+    ax.set_xlabel("factor")
+    ax.set_ylabel("latent dimension")
+    top = mi.max() or 1.0
+    for i in range(d):
+        for j in range(k):
+            ax.text(j, i, f"{mi[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if mi[i, j] > 0.6 * top else "white")  # fmt: skip
+    fig.colorbar(image, ax=ax, label="mutual information, nats")
+    ax.set_title(title or "mutual information between latents and factors")
+    fig.tight_layout()
     return _finish(fig, path)

@@ -104,3 +104,18 @@ def test_training_curves_show_every_point_with_a_title():
     assert "best: 95.00 at epoch 100" in labels  # the best epoch is in the legend, no overlap
     flat = [{"epoch": e, "train_loss": 90.0 + e / 100, "valid_elbo": -91.0} for e in (1, 2)]
     assert plots.plot_training_curves(flat).axes[0].get_yscale() == "linear"
+
+
+def test_the_mutual_information_heat_map_and_factor_labelled_traversals():
+    import numpy as np
+
+    mi = np.array([[0.9, 0.0], [0.1, 0.5], [0.0, 0.02]])
+    fig = plots.plot_mutual_information(mi, ["shape", "pos_x"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["shape", "pos_x"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z[0]", "z[1]", "z[2]"]
+    cells = sorted((t.get_position(), t.get_text()) for t in ax.texts)
+    assert cells[0] == ((0, 0), "0.90") and ((1, 1), "0.50") in cells  # (column, row)
+    vae = pg.create_model("vae", image_shape=(1, 8, 8), latent_dim=3, hidden_dims=(8,))
+    fig = plots.plot_traversals(vae, dims=[1, 0], steps=3, row_labels=["pos_x", "shape"])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["z[1]: pos_x", "z[0]: shape"]

@@ -168,6 +168,11 @@ def test_sprites_as_a_data_set_with_factors(tmp_path, capsys):
     assert scores["disentanglement_num_images"] == 200 and "MIG" in out
     assert scores["disentanglement_factors"] == ["shape", "scale", "orientation", "pos_x",
                                                  "pos_y"]  # colour is constant  # fmt: skip
+    for kind in ("traversals", "mutual-information"):
+        png = tmp_path / f"{kind}.png"
+        code, _, err = run(capsys, "plot", tmp_path / "r", "--kind", kind, "--limit", 300,
+                           "--dims", 3, "--out", png)  # fmt: skip
+        assert code == 0 and png.read_bytes()[:4] == b"\x89PNG", err
     from pyro_genmodels.evaluation import disentanglement_scores
     from pyro_genmodels.runs import load_run
 

@@ -200,3 +200,22 @@ def test_deep_conv_network_is_gulrajanis_for_any_image(shape):
         model = pg.create_model(name, image_shape=shape, network="conv-deep", latent_dim=4,
                                 hidden_dims=(32,), **extra)  # fmt: skip
         assert isinstance(model.encoder, DeepConvEncoder)
+
+
+def test_the_conv_4x4_network_is_disentanglement_libs():
+    for size in (32, 64):
+        vae = pg.create_model("vae", image_shape=(1, size, size), network="conv-4x4",
+                              latent_dim=10, hidden_dims=(256,))  # fmt: skip
+        convs = [m for m in vae.encoder.modules() if isinstance(m, nn.Conv2d)]
+        assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+            (32, (4, 4), (2, 2)), (32, (4, 4), (2, 2)), (64, (4, 4), (2, 2)), (64, (4, 4), (2, 2))
+        ]  # fmt: skip
+        deconvs = [m for m in vae.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
+        assert [(d.out_channels, d.kernel_size, d.stride) for d in deconvs] == [
+            (64, (4, 4), (2, 2)), (32, (4, 4), (2, 2)), (32, (4, 4), (2, 2)), (1, (4, 4), (2, 2))
+        ]  # fmt: skip
+        x = (torch.rand(2, 1, size, size) < 0.5).float()
+        assert vae.encoder(x).shape == (2, 256)
+        assert vae.decoder(torch.randn(2, 10)).shape == (2, 1, size, size)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        pg.create_model("vae", image_shape=(1, 28, 28), network="conv-4x4")

@@ -36,7 +36,9 @@ class AutoencoderConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     likelihood: str = "bernoulli"  # the reconstruction loss: bernoulli, gaussian, ...
     latent_dim: int = 50  # size of the code
-    network: Literal["mlp", "conv", "conv-deep"] = "mlp"  # conv: H, W % 4 == 0; conv-deep: 8 convs
+    #: mlp; conv: H, W % 4 == 0; conv-deep: 8 convs; conv-4x4: disentanglement_lib's four
+    #: 4x4 stride-2 convs, H, W % 16 == 0
+    network: Literal["mlp", "conv", "conv-deep", "conv-4x4"] = "mlp"
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
     hidden_layer: HiddenLayer = "relu"  # relu, or gated: (W1 x + b1) * sigmoid(W2 x + b2)
     weight_init: WeightInit = "torch"  # torch: PyTorch's default; he-normal: N(0, 2 / fan_in)

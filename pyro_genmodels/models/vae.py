@@ -42,7 +42,9 @@ class VAEConfig:
     guide: str = "diagonal"  # posterior family, see pyro_genmodels.models.list_families()
     guide_options: Any = field(default_factory=dict)  # the family's Options, e.g. {"rank": 4}
     prior: str = "auto"  # "standard" | "mixture" | "vamp" | "categorical"; auto: the family's
-    network: Literal["mlp", "conv", "conv-deep"] = "mlp"  # conv: H, W % 4 == 0; conv-deep: 8 convs
+    #: mlp; conv: H, W % 4 == 0; conv-deep: 8 convs; conv-4x4: disentanglement_lib's four
+    #: 4x4 stride-2 convs, H, W % 16 == 0
+    network: Literal["mlp", "conv", "conv-deep", "conv-4x4"] = "mlp"
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the MLP decoder mirrors them
     hidden_layer: HiddenLayer = "relu"  # relu, or gated: (W1 x + b1) * sigmoid(W2 x + b2)
     weight_init: WeightInit = "torch"  # torch: PyTorch's default; he-normal: N(0, 2 / fan_in)

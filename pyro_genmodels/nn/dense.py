@@ -283,7 +283,63 @@ class DeepConvDecoder(nn.Module):
         return self.out(x).reshape(*lead, *self.out_shape)
 
 
-NETWORKS = ("mlp", "conv", "conv-deep")
+#: the convolutions of Burgess et al. (2018) and disentanglement_lib's ``conv_encoder``:
+#: (out channels) of four 4x4 stride-2 layers, each halving H and W
+CONV_4X4 = (32, 32, 64, 64)
+
+
+class Conv4x4Encoder(nn.Module):
+    """disentanglement_lib's convolutional encoder (Burgess et al. 2018; Locatello et al.
+    2019): four 4x4 stride-2 convolutions of 32, 32, 64, 64 channels (H, W divisible by 16)
+    and a linear layer to ``feature_dim`` (256): ``(..., C, H, W) -> (..., feature_dim)``."""
+
+    def __init__(self, image_shape: Sequence[int], feature_dim: int = 256, layer: str = "relu"):
+        super().__init__()
+        _, h, w = image_shape
+        if h % 16 or w % 16:
+            raise ValueError(f"network 'conv-4x4' needs H and W divisible by 16, got {h}x{w}")
+        self.image_shape, self.feature_dim = tuple(image_shape), feature_dim
+        layers, channels = [], image_shape[0]
+        for out in CONV_4X4:
+            layers += conv(channels, out, layer, 4, stride=2, padding=1)
+            channels = out
+        self.net = nn.Sequential(
+            *layers, nn.Flatten(), *dense(channels * (h // 16) * (w // 16), feature_dim, layer)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-3]
+        return self.net(x.reshape(-1, *self.image_shape)).reshape(*lead, self.feature_dim)
+
+
+class Conv4x4Decoder(nn.Module):
+    """disentanglement_lib's deconvolutional decoder, the mirror of :class:`Conv4x4Encoder`:
+    linear layers to 256 and to 64 x H/16 x W/16, then 4x4 stride-2 transposed convolutions
+    of 64, 32, 32 channels and one to the likelihood's parameters:
+    ``(..., D) -> (..., P*C, H, W)``."""
+
+    def __init__(self, latent_dim: int, image_shape: Sequence[int], out_channels: int,
+                 layer: str = "relu", hidden: int = 256):  # fmt: skip
+        super().__init__()
+        _, h, w = image_shape
+        self.seed_shape = (CONV_4X4[-1], h // 16, w // 16)
+        self.out_shape = (int(out_channels), int(h), int(w))
+        layers, channels = [], CONV_4X4[-1]
+        for out in reversed(CONV_4X4[:-1]):
+            layers += conv(channels, out, layer, 4, stride=2, padding=1, transposed=True)
+            channels = out
+        self.net = nn.Sequential(
+            *dense(latent_dim, hidden, layer), *dense(hidden, math.prod(self.seed_shape), layer),
+            nn.Unflatten(-1, self.seed_shape), *layers,
+            nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1),
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        return self.net(z.reshape(-1, z.shape[-1])).reshape(*lead, *self.out_shape)
+
+
+NETWORKS = ("mlp", "conv", "conv-deep", "conv-4x4")
 
 
 def make_encoder_decoder(
@@ -297,9 +353,10 @@ def make_encoder_decoder(
     """Build a matching (encoder, decoder) pair by name: ``"mlp"`` or ``"conv"``.
 
     For ``"mlp"`` the encoder uses ``hidden_dims`` and the decoder their reverse;
-    for ``"conv"`` (two strided convolutions, H and W divisible by 4) and ``"conv-deep"``
-    (:class:`DeepConvEncoder`, any size) the last of ``hidden_dims`` is the encoder's
-    feature size.
+    for ``"conv"`` (two strided convolutions, H and W divisible by 4), ``"conv-deep"``
+    (:class:`DeepConvEncoder`, any size) and ``"conv-4x4"`` (:class:`Conv4x4Encoder`,
+    disentanglement_lib's, H and W divisible by 16) the last of ``hidden_dims`` is the
+    encoder's feature size.
     ``layer``: the kind of every hidden layer, ``"relu"`` or ``"gated"``.
     """
     _check_layer(layer)
@@ -320,5 +377,10 @@ def make_encoder_decoder(
         return (
             DeepConvEncoder(image_shape, feature_dim=hidden_dims[-1], layer=layer),
             DeepConvDecoder(latent_dim, image_shape, out_channels, layer=layer),
+        )
+    if network == "conv-4x4":
+        return (
+            Conv4x4Encoder(image_shape, feature_dim=hidden_dims[-1], layer=layer),
+            Conv4x4Decoder(latent_dim, image_shape, out_channels, layer=layer),
         )
     raise ValueError(f"unknown network {network!r}; valid: {', '.join(NETWORKS)}")
