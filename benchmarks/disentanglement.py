@@ -31,6 +31,7 @@ from pyro_genmodels.runs import train_run
 OBJECTIVES = {
     "beta-VAE (beta 6)": ("elbo", {"beta": 6.0}),
     "beta-TCVAE (beta 6)": ("beta-tcvae", {"beta": 6.0}),
+    "FactorVAE (gamma 35)": ("factor-vae", {"factor_gamma": 35.0}),
     "DIP-VAE-I (lambda_od 10)": ("dip-vae-i", {"dip_lambda_od": 10.0}),
     "DIP-VAE-II (lambda_od 10)": ("dip-vae-ii", {"dip_lambda_od": 10.0}),
     "AnnealedVAE (C 25, gamma 1000)": ("annealed", {"capacity": 25.0, "capacity_gamma": 1000.0}),

@@ -213,7 +213,7 @@ def test_the_capacity_schedule_and_the_annealed_loss():
     assert ours.item() == pytest.approx((-log_lik + 100.0 * 8 * (kl - 2.0).abs()).item())
 
 
-@pytest.mark.parametrize("objective", ["dip-vae-i", "dip-vae-ii", "annealed"])
+@pytest.mark.parametrize("objective", ["dip-vae-i", "dip-vae-ii", "annealed", "factor-vae"])
 def test_each_objective_trains_through_the_command_line(objective, tmp_path, capsys):
     import json
 
@@ -236,3 +236,68 @@ def test_the_annealed_objective_refuses_beta_and_annealing():
         TrainConfig(objective="annealed", beta=4.0)
     with pytest.raises(ValueError, match="dip_lambda_od must be >= 0"):
         TrainConfig(objective="dip-vae-i", dip_lambda_od=-1.0)
+
+
+def test_permuting_dimensions_keeps_each_marginal_and_breaks_the_joint():
+    from pyro_genmodels.infer.disentangle import permute_dims
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2000, generator=g)
+    z = torch.stack([a, a, -a], 1)  # perfectly dependent columns
+    p = permute_dims(z, torch.Generator().manual_seed(1))
+    for d in range(3):  # each column is a reordering of itself
+        assert torch.equal(p[:, d].sort().values, z[:, d].sort().values)
+    corr = torch.corrcoef(p.T)
+    assert corr[0, 1].abs() < 0.1 and corr[0, 2].abs() < 0.1
+
+
+def test_factor_vae_gradients_are_each_losss_own():
+    from pyro_genmodels.infer.disentangle import Discriminator, FactorVAE_ELBO, permute_dims
+
+    model, guide, _ = make_pair(seed=6)
+    torch.manual_seed(0)
+    disc = Discriminator(D, hidden=16, layers=2).double()
+    disc_params = list(disc.parameters())
+    x = torch.randn(12, 2, dtype=torch.float64)
+    elbo = FactorVAE_ELBO(gamma=7.0, discriminator=disc)
+    pyro.set_rng_seed(0)
+    loss = elbo.differentiable_loss(model, guide, x)
+    got = torch.autograd.grad(loss, disc_params)
+    # the same draws: z from the guide, then the permutation (the model draws nothing)
+    pyro.set_rng_seed(0)
+    z = pyro.poutine.trace(guide).get_trace(x).nodes["z"]["value"].detach()
+    fake = permute_dims(z)
+    labels = torch.cat([torch.zeros(12), torch.ones(12)]).long()
+    ce = 12 * torch.nn.functional.cross_entropy(disc(torch.cat([z, fake])), labels)
+    # the discriminator's gradient is its cross-entropy's alone (no TC term reaches it)
+    for g, want in zip(got, torch.autograd.grad(ce, disc_params), strict=True):
+        assert torch.allclose(g, want, atol=1e-10)
+    # the value: the negative ELBO plus gamma times the TC estimate, nothing of the CE
+    pyro.set_rng_seed(0)
+    plain = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x)
+    logits = disc(z)
+    tc = (logits[:, 0] - logits[:, 1]).sum()
+    assert loss.item() == pytest.approx((plain + 7.0 * tc).item())
+    assert elbo.last_discriminator_loss.item() == pytest.approx(ce.item() / 12)
+
+
+def test_factor_vae_keeps_its_discriminator_in_the_checkpoint(tmp_path, capsys):
+    from test_cli import run
+
+    from pyro_genmodels.infer import load_checkpoint
+
+    argv = ["train", "--model", "vae", "--dataset", "digits", "--limit", 128, "--objective",
+            "factor-vae", "--factor-hidden", 16, "--latent-dim", 4, "--hidden-dims", "16",
+            "--no-progress", "--out", tmp_path / "r"]  # fmt: skip
+    assert run(capsys, *argv, "--epochs", 1)[0] == 0
+    first = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["state_dict"]
+    assert first["discriminator.net.0.weight"].shape == (16, 4)
+    assert run(capsys, "train", "--resume", "--out", tmp_path / "r", "--epochs", 2,
+               "--no-progress")[0] == 0  # fmt: skip
+    second = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["state_dict"]
+    assert not torch.equal(
+        first["discriminator.net.0.weight"], second["discriminator.net.0.weight"]
+    )  # trained on, from the first
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 2
+    code, _, err = run(capsys, *argv[:-2], "--optimizer", "clipped-adam", "--out", tmp_path / "c")
+    assert code != 0 and "use --optimizer adam" in err

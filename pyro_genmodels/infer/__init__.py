@@ -15,7 +15,7 @@ from .config import (
     resolve_objective,
 )
 from .diagnostics import effective_sample_size, psis_khat
-from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO
+from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO, FactorVAE_ELBO
 from .free_bits import FreeBitsELBO
 from .importance import (
     IWEstimate,
@@ -44,6 +44,7 @@ __all__ = [
     "TCVAE_ELBO",
     "TrainConfig",
     "TrainingDiverged",
+    "FactorVAE_ELBO",
     "effective_sample_size",
     "fit",
     "importance_estimate",

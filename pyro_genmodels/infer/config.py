@@ -49,12 +49,12 @@ def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
 
 
 Objective = Literal[
-    "auto", "elbo", "meanfield", "iwae", "enum", "free-bits", "beta-tcvae", "dip-vae-i",
-    "dip-vae-ii", "annealed",
+    "auto", "elbo", "meanfield", "iwae", "enum", "free-bits", "beta-tcvae", "factor-vae",
+    "dip-vae-i", "dip-vae-ii", "annealed",
 ]  # fmt: skip
 #: the objectives for disentangled representations (``infer.disentangle``): one particle,
 #: and a model whose own objective is a Trace_ELBO
-DISENTANGLING = ("beta-tcvae", "dip-vae-i", "dip-vae-ii", "annealed")
+DISENTANGLING = ("beta-tcvae", "factor-vae", "dip-vae-i", "dip-vae-ii", "annealed")
 Optimizer = Literal["adam", "clipped-adam", "adam-normgrad"]
 AnnealPer = Literal["step", "epoch"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]  # cuda: the same as gpu
@@ -80,9 +80,10 @@ def make_elbo(
     alpha=0), ``enum`` (TraceEnum_ELBO), ``free-bits`` (:class:`FreeBitsELBO` with a
     floor of ``free_bits`` nats per latent dimension), or one of
     :mod:`~pyro_genmodels.infer.disentangle`'s: ``beta-tcvae`` (for minibatches of a data
-    set of ``dataset_size`` images), ``dip-vae-i``, ``dip-vae-ii`` and ``annealed``, with
+    set of ``dataset_size`` images), ``factor-vae`` (its discriminator set by the trainer),
+    ``dip-vae-i``, ``dip-vae-ii`` and ``annealed``, with
     the weights of ``config`` (beta and the capacity are set by the trainer at each step)."""
-    from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO
+    from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO, FactorVAE_ELBO
 
     c = config or TrainConfig()
     table = _elbo_objectives()
@@ -90,6 +91,7 @@ def make_elbo(
     table["dip-vae-i"] = lambda n, fb: DIPVAE_ELBO("i", c.dip_lambda_od, c.dip_lambda_d)
     table["dip-vae-ii"] = lambda n, fb: DIPVAE_ELBO("ii", c.dip_lambda_od, c.dip_lambda_d)
     table["annealed"] = lambda n, fb: AnnealedELBO(c.capacity_gamma)
+    table["factor-vae"] = lambda n, fb: FactorVAE_ELBO(c.factor_gamma)
     if objective not in table:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if int(num_particles) < 1:
@@ -213,6 +215,9 @@ class TrainConfig:
     capacity: float = 25.0  # annealed: the KL target C in nats, reached after capacity_epochs
     capacity_epochs: float = 0.0  # annealed: C rises linearly from 0 over these epochs
     capacity_gamma: float = 1000.0  # annealed: weight gamma of |KL - C|
+    factor_gamma: float = 35.0  # factor-vae: weight of the discriminator's TC estimate
+    factor_hidden: int = 1000  # factor-vae: width of the discriminator's 6 hidden layers
+    factor_lr: float = 1e-4  # factor-vae: the discriminator's Adam rate (betas 0.5, 0.9)
     seed: int = 0  # random seed (initial weights, batches, samples)
     accelerator: Accelerator = "auto"  # auto (a GPU when available), cpu, gpu (= cuda)
     devices: int = 1  # processes per node (GPUs, or CPU processes); batch_size is per process
@@ -252,7 +257,7 @@ class TrainConfig:
         if not self.free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
         for key in ("tc_alpha", "tc_gamma", "dip_lambda_od", "capacity", "capacity_epochs",
-                    "capacity_gamma"):  # fmt: skip
+                    "capacity_gamma", "factor_gamma"):  # fmt: skip
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.dip_lambda_d is not None and not self.dip_lambda_d >= 0:
@@ -262,6 +267,12 @@ class TrainConfig:
                 "the annealed objective has its own schedule (capacity, capacity_epochs, "
                 "capacity_gamma); beta and anneal_epochs do not apply to it"
             )
+        if not (isinstance(self.factor_hidden, int) and self.factor_hidden >= 1):
+            raise ValueError(f"factor_hidden must be a positive integer, got {self.factor_hidden}")
+        if not self.factor_lr > 0:
+            raise ValueError(f"factor_lr must be > 0, got {self.factor_lr}")
+        if self.objective == "factor-vae" and self.optimizer != "adam":
+            raise ValueError("factor-vae trains its discriminator with Adam: use --optimizer adam")
         if self.objective != "auto":  # the objective's settings together
             make_elbo(self.objective, self.num_particles, free_bits=self.free_bits, config=self)
         elif int(self.num_particles) < 1:

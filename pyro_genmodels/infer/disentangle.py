@@ -1,6 +1,7 @@
 """Objectives for disentangled representations, as Pyro ELBOs any VAE model/guide pair can
-train with: beta-TCVAE (:class:`TCVAE_ELBO`), DIP-VAE I and II (:class:`DIPVAE_ELBO`) and
-AnnealedVAE (:class:`AnnealedELBO`); beta-VAE is the ``beta`` of every objective.
+train with: beta-TCVAE (:class:`TCVAE_ELBO`), FactorVAE (:class:`FactorVAE_ELBO`), DIP-VAE I
+and II (:class:`DIPVAE_ELBO`) and AnnealedVAE (:class:`AnnealedELBO`); beta-VAE is the
+``beta`` of every objective.
 
 beta-TCVAE (Chen et al. 2018, "Isolating sources of disentanglement in VAEs"):
 
@@ -248,3 +249,69 @@ class AnnealedELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
             raise ValueError("AnnealedVAE needs a latent site")
         loss = -log_lik + self.gamma * n * (kl / n - self.capacity).abs()
         return loss.detach(), loss
+
+
+def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each column of ``z`` ``(N, D)`` shuffled across the batch on its own: samples of
+    prod_d q(z_d) from samples of q(z) (Kim & Mnih 2018, Algorithm 1)."""
+    order = torch.argsort(torch.rand(z.shape, generator=generator, device=z.device), dim=0)
+    return torch.gather(z, 0, order)
+
+
+class Discriminator(torch.nn.Module):
+    """FactorVAE's discriminator: an MLP of ``layers`` hidden layers of ``hidden`` units with
+    LeakyReLU(0.2) (disentanglement_lib: 6 x 1000), two logits: (from q(z), permuted)."""
+
+    def __init__(self, latent_dim: int, hidden: int = 1000, layers: int = 6):
+        super().__init__()
+        sizes = [int(latent_dim), *[int(hidden)] * int(layers)]
+        body = []
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            body += [torch.nn.Linear(a, b), torch.nn.LeakyReLU(0.2)]
+        self.net = torch.nn.Sequential(*body, torch.nn.Linear(sizes[-1], 2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class FactorVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+    """FactorVAE (Kim & Mnih 2018, "Disentangling by factorising"): the negative ELBO plus
+    ``gamma`` times the discriminator's estimate of the total correlation of each image's
+    z, ``logit_q(z) - logit_perm(z)`` (the density-ratio trick), and the discriminator's own
+    cross-entropy between the batch's z and :func:`permute_dims` of it.
+
+    Both are in one differentiable loss, so one optimizer with two parameter groups trains
+    both at once: the VAE's part sees the discriminator's parameters detached and the
+    discriminator's part sees z detached, so each gradient is that of its own loss (the
+    value returned is the VAE's part alone). The discriminator is a module the trainer
+    owns (so that it is checkpointed and moved with the rest), set as ``discriminator``.
+    """
+
+    def __init__(self, gamma: float = 35.0, discriminator: torch.nn.Module | None = None,
+                 **kwargs):  # fmt: skip
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        super().__init__(vectorize_particles=False, **kwargs)
+        self.gamma, self.discriminator = float(gamma), discriminator
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        if self.discriminator is None:
+            raise ValueError("FactorVAE needs its discriminator (FactorVAE_ELBO.discriminator)")
+        loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+        latents = [s for s in guide_trace.nodes.values()
+                   if s["type"] == "sample" and not s["is_observed"]
+                   and not site_is_subsample(s)]  # fmt: skip
+        if len(latents) != 1 or latents[0]["value"].dim() != 2:
+            raise ValueError("FactorVAE needs one latent site of shape (N, D) in the guide")
+        z = latents[0]["value"]
+        d = self.discriminator
+        frozen = {name: p.detach() for name, p in d.named_parameters()}
+        logits = torch.func.functional_call(d, frozen, (z,))
+        tc = (logits[:, 0] - logits[:, 1]).sum()
+        n = z.shape[0]
+        real, fake = z.detach(), permute_dims(z.detach())
+        labels = torch.cat([torch.zeros(n), torch.ones(n)]).long().to(z.device)
+        d_loss = n * torch.nn.functional.cross_entropy(d(torch.cat([real, fake])), labels)
+        self.last_discriminator_loss = d_loss.detach() / n
+        return (loss + self.gamma * tc.detach(),
+                surrogate + self.gamma * tc + (d_loss - d_loss.detach()))  # fmt: skip

@@ -44,7 +44,7 @@ from .config import (
     make_elbo,
     resolve_objective,
 )
-from .disentangle import capacity_at
+from .disentangle import Discriminator, capacity_at
 from .importance import log_importance_weights
 from .kl import kl_divergence
 from .optim import AdamNormGrad
@@ -68,6 +68,12 @@ class SVIModule(pl.LightningModule):
         self.net, self.config, self.metadata = module, config, dict(metadata or {})
         self.objective = resolve_objective(config, module)
         self.elbo = None  # built at the first step, when the plate nesting is known
+        self.discriminator = None
+        if self.objective == "factor-vae":  # a module of the run: checkpointed, moved, synced
+            latent_dim = getattr(module, "latent_dim", None)
+            if not isinstance(latent_dim, int):
+                raise ValueError("factor-vae needs a model with an integer latent_dim")
+            self.discriminator = Discriminator(latent_dim, config.factor_hidden)
         self.history: list[dict] = []
         self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
         self.valid_elbo = torchmetrics.MeanMetric(nan_strategy="disable")
@@ -92,6 +98,8 @@ class SVIModule(pl.LightningModule):
             size = len(self.trainer.datamodule.train) if self._trainer is not None else None
             self.elbo = make_elbo(self.objective, cfg.num_particles, nesting, cfg.free_bits,
                                   size, cfg)  # fmt: skip
+            if self.discriminator is not None:
+                self.elbo.discriminator = self.discriminator
         model, guide = self.net.model, self.net.guide
         if self.objective == "beta-tcvae":
             self.elbo.beta = weight  # beta weighs the total correlation
@@ -146,7 +154,11 @@ class SVIModule(pl.LightningModule):
             from pyro.optim.clipped_adam import ClippedAdam
 
             return ClippedAdam(params, lr=cfg.lr, clip_norm=cfg.clip_norm)
-        return torch.optim.Adam(params, lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
+        groups = [{"params": params}]
+        if self.discriminator is not None:  # FactorVAE's, at the rate and betas of the paper
+            groups.append({"params": list(self.discriminator.parameters()), "lr": cfg.factor_lr,
+                           "betas": (0.5, 0.9)})  # fmt: skip
+        return torch.optim.Adam(groups, lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
 
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()
