@@ -24,6 +24,7 @@ def test_notebooks_exist():
         "04_pixelvae",
         "05_representations",
         "06_evaluation",
+        "07_disentanglement",
     } <= names
 
 
