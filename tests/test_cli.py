@@ -294,3 +294,24 @@ def test_nan_images_are_a_one_line_error(tmp_path, capsys):
     data = ["--dataset", "binarized-mnist", "--data-dir", tmp_path]
     code, _, err = run(capsys, "train", "--model", "vae", *data, "--out", tmp_path / "r")
     assert_one_line_error(code, err, "should hold binary values {0, 1}, found values in [nan")
+
+
+def test_every_command_takes_a_shipped_name(tmp_path, capsys, monkeypatch):
+    from pyro_genmodels.pretrained import pretrained_path
+
+    images = (np.random.default_rng(0).random((6, 28, 28)) < 0.2).astype(np.uint8)
+    np.savez(tmp_path / "binarized_mnist.npz", train=images, valid=images, test=images)
+    monkeypatch.setenv("PYRO_GENMODELS_DATA", str(tmp_path))
+    by_name, by_path = tmp_path / "name.json", tmp_path / "path.json"
+    for target, out in (("vae-paper", by_name), (pretrained_path("vae-paper"), by_path)):
+        code, _, err = run(capsys, "evaluate", target, "--num-samples", 8, "--no-progress",
+                           "--json", out)  # fmt: skip
+        assert code == 0, err
+    a, b = json.loads(by_name.read_text()), json.loads(by_path.read_text())
+    assert a["per_image_nll"] == b["per_image_nll"] and a["checkpoint"] == "best"
+    code, out, err = run(capsys, "sample", "vae-paper", "--num", 16, "--out", tmp_path / "s.png")
+    assert code == 0 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG", err
+    for kind in ("traversals", "curves", "reconstructions"):
+        png = tmp_path / f"{kind}.png"
+        code, _, err = run(capsys, "plot", "vae-paper", "--kind", kind, "--dims", 3, "--out", png)
+        assert code == 0 and png.read_bytes()[:4] == b"\x89PNG", (kind, err)
