@@ -421,15 +421,10 @@ def _factor_split(name: str, split: str, root: Path, limit: int | None,
         source = sprites.Sprites(image_size or 64)
     elif image_size not in (None, 64):
         raise ValueError(f"{name} images are 64x64; image_size applies to sprites only")
-    elif name == "dsprites":
-        try:
-            source = sprites.DSprites(root)
-        except FileNotFoundError as e:
-            raise DataNotFoundError(f"{e}; pass data_dir= or set ${ENV_DATA_DIR} to the "
-                                    "directory holding it") from None  # fmt: skip
     else:
+        reader = sprites.DSprites if name == "dsprites" else sprites.Shapes3D
         try:
-            source = sprites.Shapes3D(root)
+            source = reader(root)
         except FileNotFoundError as e:
             raise DataNotFoundError(f"{e}; pass data_dir= or set ${ENV_DATA_DIR} to the "
                                     "directory holding it") from None  # fmt: skip
