@@ -418,7 +418,7 @@ def _factor_split(name: str, split: str, root: Path, limit: int | None,
     from . import sprites
 
     if name == "sprites":
-        source = sprites.Sprites(image_size or 64)
+        source = sprites.Sprites(image_size or 64, cache_dir=root)
     elif image_size not in (None, 64):
         raise ValueError(f"{name} images are 64x64; image_size applies to sprites only")
     else:

@@ -194,3 +194,78 @@ def test_the_dsprites_file_as_a_data_set(tmp_path):
     assert np.array_equal(x[:, 0, 0, :6].numpy().astype(np.int64), train.factors)
     with pytest.raises(DataNotFoundError, match="pass data_dir= or set"):
         load_dataset("dsprites", "test", data_dir=tmp_path / "empty")
+
+
+def test_render_is_the_one_the_cache_version_names():
+    """A change to what render draws must raise sprites.CACHE_VERSION (old cache files would
+    otherwise be read as if they held the new images); then update these digests."""
+    import hashlib
+
+    digests = {
+        32: "2cb5899329693828d8fdf3196ad180a324a406a370953501af706070d623ebc5",
+        64: "fea01373c7a998d6404d1cfb51cc0a6e998c61a4d0200a668a08c2905cf1d514",
+    }
+    assert sprites.CACHE_VERSION == 1
+    index = np.arange(0, 737_280, 7919)
+    for size, digest in digests.items():
+        assert hashlib.sha256(Sprites(size).images(index).tobytes()).hexdigest() == digest
+
+
+def _coded(classes, size=64):
+    """A fast stand-in for render: each factor class written in binary on its own row."""
+    classes = torch.as_tensor(np.asarray(classes), dtype=torch.long)
+    bits = (classes.unsqueeze(-1) >> torch.arange(size)) & 1  # (N, 6, size)
+    out = torch.zeros(len(classes), size, size, dtype=torch.uint8)
+    out[:, :6] = bits.to(torch.uint8)
+    return out
+
+
+def test_the_cache_file_is_filled_once_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(sprites, "render", _coded)
+    monkeypatch.setattr(sprites, "CACHE_THRESHOLD", 1000)
+    data = Sprites(32, cache_dir=tmp_path)
+    index = np.random.default_rng(0).integers(737_280, size=500)
+    small = data.images(index)  # under the threshold: drawn in memory, no file
+    assert not data.cache_path.exists() and np.array_equal(small, _coded(data.classes(index), 32))
+    big = np.random.default_rng(1).integers(737_280, size=1000)
+    assert np.array_equal(data.images(big), _coded(data.classes(big), 32).numpy())
+    assert data.cache_path.name == "sprites-32px-v1.npy"
+    assert data.cache_path.stat().st_size < 737_280 * 32 * 32 / 8 + 4096  # one bit a pixel
+    assert not data.cache_path.with_suffix(".partial").exists()
+
+    def no_drawing(*args):
+        raise AssertionError("drawn again, not read from the cache")
+
+    monkeypatch.setattr(sprites, "render", no_drawing)
+    again = Sprites(32, cache_dir=tmp_path)  # a new process: the file is there
+    assert np.array_equal(again.images(index), small)
+    assert np.array_equal(again.images(index[::-1])[::-1], small)
+    assert again.fill_cache() == again.cache_path  # nothing to do
+
+
+def test_an_interrupted_fill_leaves_no_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def dies_on_the_third_batch(classes, size=64):
+        calls.append(len(classes))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return _coded(classes, size)
+
+    monkeypatch.setattr(sprites, "render", dies_on_the_third_batch)
+    data = Sprites(32, cache_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        data.fill_cache(batch_size=4096)
+    assert not data.cache_path.exists()  # only the partial file, which the next fill rewrites
+    monkeypatch.setattr(sprites, "render", _coded)
+    assert data.fill_cache() == data.cache_path  # starts over
+    assert not data.cache_path.with_suffix(".partial").exists()
+    index = np.array([0, 4096 * 2 + 5, 737_279])
+    assert np.array_equal(data.images(index), _coded(data.classes(index), 32).numpy())
+
+
+def test_a_foreign_cache_file_is_refused(tmp_path):
+    data = Sprites(32, cache_dir=tmp_path)
+    np.save(data.cache_path, np.zeros((10, 128), np.uint8))
+    with pytest.raises(ValueError, match="delete it to draw it again"):
+        data.images([0])
