@@ -15,6 +15,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 from .free_bits import FreeBitsELBO
 from .hints import hint
 from .iwae import IWAE_ELBO
+from .meanfield import MeanFieldELBO
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,9 +37,7 @@ class LatentScale(ScaleMessenger):
 def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
     return {
         "elbo": lambda n, fb: pyro.infer.Trace_ELBO(num_particles=n, vectorize_particles=n > 1),
-        "meanfield": lambda n, fb: pyro.infer.TraceMeanField_ELBO(
-            num_particles=n, vectorize_particles=n > 1
-        ),
+        "meanfield": lambda n, fb: MeanFieldELBO(num_particles=n, vectorize_particles=n > 1),
         # the IWAE bound of Burda et al.: log (1/K) sum_k w_k over K vectorized particles
         "iwae": lambda n, fb: IWAE_ELBO(num_particles=n),
         # discrete model sites marked for enumeration are summed out exactly
@@ -76,8 +75,8 @@ def make_elbo(
     config: TrainConfig | None = None,
 ) -> pyro.infer.ELBO:
     """The Pyro ELBO for an objective name: ``elbo`` (Trace_ELBO), ``meanfield``
-    (TraceMeanField_ELBO, analytic KL where registered), ``iwae`` (RenyiELBO with
-    alpha=0), ``enum`` (TraceEnum_ELBO), ``free-bits`` (:class:`FreeBitsELBO` with a
+    (:class:`MeanFieldELBO`: TraceMeanField_ELBO, analytic KL where registered), ``iwae``
+    (RenyiELBO with alpha=0), ``enum`` (TraceEnum_ELBO), ``free-bits`` (:class:`FreeBitsELBO` with a
     floor of ``free_bits`` nats per latent dimension), or one of
     :mod:`~pyro_genmodels.infer.disentangle`'s: ``beta-tcvae`` (for minibatches of a data
     set of ``dataset_size`` images), ``factor-vae`` (its discriminator set by the trainer),
