@@ -25,6 +25,7 @@ from .importance import (
     prior_log_marginal,
 )
 from .kl import kl_divergence
+from .meanfield import MeanFieldELBO
 from .program import resolve_device
 from .train import fit
 
@@ -41,6 +42,7 @@ __all__ = [
     "FreeBitsELBO",
     "IWEstimate",
     "LatentScale",
+    "MeanFieldELBO",
     "TCVAE_ELBO",
     "TrainConfig",
     "TrainingDiverged",
