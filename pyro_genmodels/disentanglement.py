@@ -13,6 +13,10 @@ representations", appendix; google-research/disentanglement_lib, ``evaluation/me
   2018): interventional, on a data set that draws images from given factors
   (:class:`FactorData`).
 
+A factor with one value (dSprites' colour) is left out of every score, as
+disentanglement_lib's data sets leave it out: it has nothing to capture, and counting it
+would lower SAP, modularity and the interventional scores and raise DCI's informativeness.
+
 The classifiers and regressors the definitions call for are scikit-learn's.
 """
 
@@ -58,6 +62,22 @@ def _codes_factors(codes, factors) -> tuple[np.ndarray, np.ndarray]:
     return codes, factors
 
 
+def _varying(factors: np.ndarray, metric: str) -> np.ndarray:
+    """The factor columns with more than one value."""
+    keep = factors.min(axis=0) != factors.max(axis=0)
+    if not keep.any():
+        raise ValueError(f"every factor is constant: {metric} is undefined")
+    return factors[:, keep]
+
+
+def _varying_factors(data: FactorData) -> list[int]:
+    """The factors of ``data`` with more than one value (the ones an intervention fixes)."""
+    keep = [k for k, size in enumerate(data.factor_sizes) if size > 1]
+    if not keep:
+        raise ValueError("every factor has one value: nothing to intervene on")
+    return keep
+
+
 def discretize(codes, num_bins: int = 20) -> np.ndarray:
     """Each code dimension binned into ``num_bins`` equal-width bins over its range
     (disentanglement_lib's ``_histogram_discretize``): ``(N, D)`` integers."""
@@ -91,13 +111,10 @@ def mig(codes, factors, num_bins: int = 20) -> float:
     codes, factors = _codes_factors(codes, factors)
     if codes.shape[1] < 2:
         raise ValueError("MIG needs at least 2 code dimensions")
+    factors = _varying(factors, "MIG")
     m = mutual_information(codes, factors, num_bins)
-    entropy = _entropies(factors)
-    keep = entropy > 0
-    if not keep.any():
-        raise ValueError("every factor is constant: MIG is undefined")
     top = np.sort(m, axis=0)[::-1]
-    return float(np.mean((top[0] - top[1])[keep] / entropy[keep]))
+    return float(np.mean((top[0] - top[1]) / _entropies(factors)))
 
 
 def _split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +143,7 @@ def sap(codes, factors, test_fraction: float = 0.2, seed: int = 0) -> float:
     codes, factors = _codes_factors(codes, factors)
     if codes.shape[1] < 2:
         raise ValueError("SAP needs at least 2 code dimensions")
+    factors = _varying(factors, "SAP")
     train, test = _split(len(codes), test_fraction, seed)
     std = codes[train].std(axis=0)
     codes = (codes - codes[train].mean(axis=0)) / np.where(std > 0, std, 1.0)
@@ -170,6 +188,7 @@ def dci(codes, factors, test_fraction: float = 0.2, seed: int = 0, **gbt_options
     from sklearn.ensemble import GradientBoostingClassifier
 
     codes, factors = _codes_factors(codes, factors)
+    factors = _varying(factors, "DCI")
     train, test = _split(len(codes), test_fraction, seed)
     num_codes, num_factors = codes.shape[1], factors.shape[1]
     importance = np.zeros((num_codes, num_factors))
@@ -198,9 +217,10 @@ def modularity(codes, factors, num_bins: int = 20) -> float:
     squared mutual information with factors other than its best one, normalized by
     ``K - 1``; a dimension with no information scores 0. The mean over code dimensions."""
     codes, factors = _codes_factors(codes, factors)
+    factors = _varying(factors, "modularity")
     num_factors = factors.shape[1]
     if num_factors < 2:
-        raise ValueError("modularity needs at least 2 factors")
+        raise ValueError("modularity needs at least 2 factors that vary")
     squared = mutual_information(codes, factors, num_bins) ** 2
     best = squared.max(axis=1)
     delta = np.divide(squared.sum(axis=1) - best, best * (num_factors - 1),
@@ -240,11 +260,12 @@ def beta_vae_score(
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
+    varying = _varying_factors(data)
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
         features, labels = [], []
         for _ in range(n):
-            k = rng.integers(len(data.factor_sizes))
+            k = varying[rng.integers(len(varying))]
             first = data.sample_factors(batch_size, rng)
             second = data.sample_factors(batch_size, rng)
             second[:, k] = first[:, k]
@@ -277,12 +298,12 @@ def factor_vae_score(data: FactorData, encode: Encoder, batch_size: int = 64,
     if not active.any():
         return 0.0
     scale = np.sqrt(variance)
-    num_factors = len(data.factor_sizes)
+    varying = _varying_factors(data)
 
     def votes(n: int) -> np.ndarray:
-        table = np.zeros((codes.shape[1], num_factors), np.int64)
+        table = np.zeros((codes.shape[1], len(data.factor_sizes)), np.int64)
         for _ in range(n):
-            k = rng.integers(num_factors)
+            k = varying[rng.integers(len(varying))]
             factors = data.sample_factors(batch_size, rng)
             factors[:, k] = factors[0, k]
             z = _encode(encode, data.images_from_factors(factors, rng)) / scale
