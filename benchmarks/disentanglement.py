@@ -43,14 +43,19 @@ METRICS = ("mig", "sap", "dci_disentanglement", "factor_vae_score", "beta_vae_sc
 def run_one(out: Path, objective: str, settings: dict, seed: int, args) -> dict:
     run_dir = out / f"{objective}-{'-'.join(f'{k}{v}' for k, v in settings.items())}-s{seed}"
     start = time.perf_counter()
-    if not (run_dir / "checkpoint.pt").is_file():
+    metrics = run_dir / "metrics.jsonl"
+    done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+    if done < args.epochs:  # a new run, or one stopped before its last epoch: resumed
         train_config = {"objective": objective, "epochs": args.epochs, "batch_size": 64,
                         "lr": 5e-4, "seed": seed, "progress": False, **settings}  # fmt: skip
         if objective == "annealed":
             train_config["capacity_epochs"] = args.epochs * 0.8
         model_config = {"latent_dim": 10, "network": "conv-4x4", "hidden_dims": (256,)}
-        train_run("vae", "sprites", run_dir, model_config, train_config, limit=args.limit,
-                  image_size=args.image_size)  # fmt: skip
+        resume = (run_dir / "checkpoint.pt").is_file()
+        train_run("vae", "sprites", run_dir, model_config,
+                  {"epochs": args.epochs} if resume else train_config, limit=args.limit,
+                  image_size=args.image_size, resume=resume)  # fmt: skip
+        (run_dir / "evaluation.json").unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     cached = run_dir / "evaluation.json"
     if cached.is_file():
