@@ -101,15 +101,16 @@ def main() -> None:
         f"test images ({machine()}); mean (min-max) over seeds",
         "",
         "| objective | MIG | SAP | DCI disent. | FactorVAE score | beta-VAE score | "
-        "valid ELBO | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "valid ELBO | active units | train s (median) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = []
     for name, rs in results.items():
         lines.append(
             f"| {name} | " + " | ".join(cell([r[m] for r in rs]) for m in METRICS)
             + f" | {np.mean([r['valid_elbo'] for r in rs]):.1f} | "
-            f"{np.mean([r['train_seconds'] for r in rs]):.0f} |"
+            + "/".join(str(r["active_units"]) for r in rs)
+            + f" | {np.median([r['train_seconds'] for r in rs]):.0f} |"
         )  # fmt: skip
         rows += [{"objective": name, **r} for r in rs]
     write_table(args.out, lines, rows)
