@@ -415,11 +415,11 @@ def disentanglement_scores(module, images, config: EvalConfig | None = None) -> 
         return torch.cat([module.encode(b.to(module.device)).cpu() for b in x.split(500)])
 
     codes = encode(images.fixed()).numpy()
-    factors = images.factors
+    factors = images.factors  # the metrics leave out constant ones (dSprites' colour)
     keep = [k for k in range(factors.shape[1]) if len(np.unique(factors[:, k])) > 1]
-    factors = factors[:, keep]  # constant factors (dSprites' colour) carry nothing to find
     d = dis.dci(codes, factors, seed=config.seed)
     points = config.intervention_points
+    # the interventions draw the varying factors only (as the runs on record were scored)
     source = _VaryingFactors(images.factor_source, keep)
     kwargs = dict(num_train=points, num_eval=max(1, points // 2), seed=config.seed)
     return {
