@@ -28,8 +28,8 @@ def main() -> None:
     base = torch.randn(k, n, 784) * 5
     x = (torch.rand(n, 784) < 0.3).float()
     codes = {
-        "torch binary_cross_entropy_with_logits": lambda lg: -F.binary_cross_entropy_with_logits(
-            lg, x.expand_as(lg), reduction="none"
+        "torch binary_cross_entropy_with_logits": lambda lg: (
+            -F.binary_cross_entropy_with_logits(lg, x.expand_as(lg), reduction="none")
         ),
         "x * l - softplus(l)": lambda lg: x * lg - F.softplus(lg),
         "BernoulliLogits.log_prob": lambda lg: BernoulliLogits(logits=lg).log_prob(x),
