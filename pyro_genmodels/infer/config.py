@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import pyro
 import torch
@@ -230,53 +230,38 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar with the running loss
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
-        for key, kind in (("accelerator", Accelerator), ("precision", Precision),
-                          ("logger", LoggerName)):  # fmt: skip
-            valid = get_args(kind)
-            if getattr(self, key) not in valid:
-                raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}")
-        for key in (
-            "epochs", "batch_size", "num_particles", "valid_batch_size", "patience", "devices",
-            "num_nodes",
-        ):  # fmt: skip
-            value = getattr(self, key)
-            low = 0 if key == "patience" else 1
+        for key, kind in get_type_hints(TrainConfig).items():
+            valid, value = get_args(kind), getattr(self, key)
+            if get_origin(kind) is Literal and value not in valid:
+                raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+        for key in _COUNTS:
+            value, low = getattr(self, key), int(key != "patience")
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 kind = "a non-negative" if low == 0 else "a positive"
                 raise ValueError(f"{key} must be {kind} integer, got {value!r}")
-        if self.anneal_per not in get_args(AnnealPer):
-            valid = ", ".join(get_args(AnnealPer))
-            raise ValueError(f"unknown anneal_per {self.anneal_per!r}; valid: {valid}")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.free_bits >= 0:
-            raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
-        for key in ("tc_alpha", "tc_gamma", "dip_lambda_od", "capacity", "capacity_epochs",
-                    "capacity_gamma", "factor_gamma"):  # fmt: skip
-            if not getattr(self, key) >= 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.dip_lambda_d is not None and not self.dip_lambda_d >= 0:
-            raise ValueError(f"dip_lambda_d must be >= 0, got {self.dip_lambda_d}")
+        for key in _ABOVE_ZERO + _AT_LEAST_ZERO:
+            value, above = getattr(self, key), key in _ABOVE_ZERO
+            if value is not None and not (value > 0 if above else value >= 0):
+                raise ValueError(f"{key} must be {'>' if above else '>='} 0, got {value}")
         if self.objective == "annealed" and (self.beta != 1.0 or self.anneal_epochs > 0):
             raise ValueError(
                 "the annealed objective has its own schedule (capacity, capacity_epochs, "
                 "capacity_gamma); beta and anneal_epochs do not apply to it"
             )
-        if not (isinstance(self.factor_hidden, int) and self.factor_hidden >= 1):
-            raise ValueError(f"factor_hidden must be a positive integer, got {self.factor_hidden}")
-        if not self.factor_lr > 0:
-            raise ValueError(f"factor_lr must be > 0, got {self.factor_lr}")
         if self.objective == "factor-vae" and self.optimizer != "adam":
             raise ValueError("factor-vae trains its discriminator with Adam: use --optimizer adam")
         if self.objective != "auto":  # the objective's settings together
             make_elbo(self.objective, self.num_particles, free_bits=self.free_bits, config=self)
-        elif int(self.num_particles) < 1:
-            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
         if self.free_bits > 0 and self.objective not in ("auto", "free-bits"):
             raise ValueError(
                 f"free_bits > 0 is the free-bits objective; got objective {self.objective!r}"
             )
+
+
+#: what ``TrainConfig`` checks besides its ``Literal`` fields: integers >= 1 (``patience``
+#: >= 0), numbers > 0, and numbers >= 0 (``dip_lambda_d`` may also be None)
+_COUNTS = ("epochs", "batch_size", "num_particles", "valid_batch_size", "patience", "devices",
+           "num_nodes", "factor_hidden")  # fmt: skip
+_ABOVE_ZERO = ("beta", "lr", "factor_lr")
+_AT_LEAST_ZERO = ("free_bits", "tc_alpha", "tc_gamma", "dip_lambda_od", "dip_lambda_d",
+                  "capacity", "capacity_epochs", "capacity_gamma", "factor_gamma")  # fmt: skip
