@@ -144,6 +144,7 @@ def _card(
         f"- training: {stopped}; these weights are epoch {best['epoch']}, the best validation "
         f"ELBO ({max(r.get('valid_elbo', float('-inf')) for r in metrics):.3f} nats)",
         f"- training time: {seconds / 3600:.2f} h of epochs (sum of `seconds` in metrics.jsonl)",
+        *[f"- {line}" for line in _hardware_lines(metrics)],
         f"- written by pyro-genmodels {meta.get('version', '?')}",
         *([f"- sha256 of `best.pt`: `{sha256}`"] if sha256 else []),
         *([f"- {note}"] if note else []),
@@ -163,7 +164,21 @@ def _card(
             json.dumps(train_config, indent=2, default=str),
             "```",
         ]
-    if evaluation is not None:
+    if evaluation is not None and evaluation.get("exact"):
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            "```",
+            f"pyro-genmodels evaluate {name} --split {evaluation['split']}",
+            "```",
+            "",
+            f"NLL {evaluation['nll']:.2f} +- {evaluation['nll_stderr']:.2f} nats (exact, "
+            f"{evaluation['num_examples']} {evaluation['split']} images), "
+            f"{evaluation['bits_per_dim']:.4f} bits/dim; {evaluation['seconds']:.0f} s. "
+            f"Full output: `{EVALUATION_NAME}`.",
+        ]
+    elif evaluation is not None:
         cmd = (
             f"pyro-genmodels evaluate {name} --num-samples "
             f"{evaluation['num_samples']} --split {evaluation['split']}"
@@ -183,6 +198,27 @@ def _card(
             f"{evaluation['seconds']:.0f} s. Full output: `{EVALUATION_NAME}`.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _hardware_lines(metrics: list[dict]) -> list[str]:
+    """One line per run of consecutive epochs on the same hardware, precision and
+    compilation (as their metrics rows record it; rows from before that say so)."""
+    lines, start = [], 0
+    keys = ("hardware", "precision", "compiled")
+    for i, row in enumerate(metrics):
+        last = i + 1 == len(metrics)
+        if last or any(metrics[i + 1].get(k) != row.get(k) for k in keys):
+            span = f"epoch {row['epoch']}" if i == start else (
+                f"epochs {metrics[start]['epoch']}-{row['epoch']}")  # fmt: skip
+            if row.get("hardware") is None:
+                what = "hardware and precision not recorded"
+            else:
+                compiled = ", torch.compile" if row.get("compiled") else ""
+                what = f"{row['hardware']}, precision {row['precision']}{compiled}"
+            seconds = sum(r.get("seconds", 0.0) for r in metrics[start : i + 1])
+            lines.append(f"{span}: {what}; {seconds / 3600:.2f} h")
+            start = i + 1
+    return lines
 
 
 def export_pretrained(

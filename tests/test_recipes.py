@@ -15,7 +15,7 @@ import pyro_genmodels as pg
 from pyro_genmodels import evaluation, pretrained, runs
 from pyro_genmodels.infer import TrainConfig, fit, load_checkpoint, log_marginal
 from pyro_genmodels.infer.checkpoint import save_atomic
-from pyro_genmodels.infer.lightning import SVIModule
+from pyro_genmodels.infer.lightning import SVIModule, hardware
 from pyro_genmodels.nn import GatedDense
 from pyro_genmodels.presets import list_presets, load_preset
 from pyro_genmodels.registry import make_config
@@ -431,6 +431,48 @@ def test_load_pretrained_round_trip(shipped, tmp_path, capsys):
     assert again["nll"] == first["nll"] and again["epoch"] == first["epoch"]
     with pytest.raises(ValueError, match="unknown pretrained model 'nope'; valid: tiny"):
         pg.load_pretrained("nope")
+
+
+def test_the_card_says_what_each_stretch_of_epochs_ran_on():
+    rows = [{"epoch": 1, "seconds": 1800.0}, {"epoch": 2, "seconds": 1800.0}]  # before the keys
+    cpu = {"hardware": "cpu (x86_64, 2 cores)", "compiled": False}
+    rows += [{"epoch": 3, "seconds": 900.0, "precision": "32-true", **cpu}]
+    fast = {"precision": "bf16-mixed", **cpu, "compiled": True}
+    rows += [{"epoch": e, "seconds": 360.0, **fast} for e in (4, 5)]
+    rows += [{"epoch": 6, "seconds": 36.0, "hardware": "NVIDIA H200", "precision": "bf16-mixed",
+              "compiled": True}]  # fmt: skip
+    assert pretrained._hardware_lines(rows) == [
+        "epochs 1-2: hardware and precision not recorded; 1.00 h",
+        "epoch 3: cpu (x86_64, 2 cores), precision 32-true; 0.25 h",
+        "epochs 4-5: cpu (x86_64, 2 cores), precision bf16-mixed, torch.compile; 0.20 h",
+        "epoch 6: NVIDIA H200, precision bf16-mixed, torch.compile; 0.01 h",
+    ]
+
+
+def test_an_exact_model_ships_with_its_exact_figure(tmp_path, monkeypatch, capsys):
+    """A pixel model's card quotes its exact NLL and the command that reproduces it, and the
+    shipped weights give the same log-likelihood as the run's."""
+    monkeypatch.setenv("PYRO_GENMODELS_PRETRAINED", str(tmp_path / "pretrained"))
+    out = tmp_path / "run"
+    runs.train_run("gated-pixelcnn", "digits", out,
+                   model_config={"hidden_channels": 4, "num_layers": 2},
+                   train_config={"epochs": 1, "batch_size": 128, "progress": False})  # fmt: skip
+    code, _, err = run(capsys, "evaluate", out, "--json", tmp_path / "e.json", "--no-progress")
+    assert code == 0, err
+    pretrained.export_pretrained(out, "pix", tmp_path / "e.json", out_dir=tmp_path / "pretrained")
+    card = (tmp_path / "pretrained" / "pix" / "README.md").read_text()
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert "pyro-genmodels evaluate pix --split test\n" in card and "--num-samples" not in card
+    assert f"NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f} nats (exact, " in card
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"- epoch 1: {row['hardware']}, precision 32-true; " in card
+    assert row["hardware"] == hardware(torch.device("cpu")) and row["compiled"] is False
+    x = runs.load_run(out).dataset("test").fixed()
+    before = runs.load_run(out, which="best").module
+    after = pg.load_pretrained("pix")
+    torch.testing.assert_close(after.log_prob(x), before.log_prob(x), rtol=0, atol=0)
+    assert len(x) == result["num_examples"]
+    assert -after.log_prob(x).double().mean().item() == pytest.approx(result["nll"], rel=1e-6)
 
 
 def test_the_card_takes_training_settings_from_the_run_when_best_pt_predates_them(shipped):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -198,6 +200,9 @@ class SVIModule(pl.LightningModule):
             "objective": self.objective,
             "seconds": time.perf_counter() - self._epoch_start,
             "steps": self.global_step,
+            "hardware": hardware(self.device, self.trainer.world_size),
+            "precision": str(self.trainer.precision),
+            "compiled": self.config.compile,
         }
         self.train_loss.reset()
         if self.valid_elbo.update_count:  # validation ran this epoch
@@ -231,6 +236,16 @@ class SVIModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng = checkpoint.get("rng")
+
+
+def hardware(device: torch.device, processes: int = 1) -> str:
+    """What an epoch ran on, for its metrics row: the GPU's name or the CPU's architecture and
+    cores, times the processes."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type} ({platform.machine()}, {os.cpu_count()} cores)"
+    return name if processes == 1 else f"{processes} x {name}"
 
 
 class _Batches(Dataset):
