@@ -14,6 +14,7 @@ same images: s/epoch of the second epoch (the first holds the compilation) and t
 loss after it, then where the eager step spends its time (profile):
 
     .venv/bin/python benchmarks/pixel_models.py --speed --limit 10000 [--models pixelcnn]
+    .venv/bin/python benchmarks/pixel_models.py --speed --limit 1000 --preset gated-pixelcnn-mnist
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyro_genmodels as pg
 from pyro_genmodels.evaluation import evaluate_run
 from pyro_genmodels.infer import TrainConfig, fit
 from pyro_genmodels.plots import plot_images
+from pyro_genmodels.presets import load_preset
 from pyro_genmodels.runs import load_run, train_run
 
 MODELS = ["pixelcnn", "gated-pixelcnn", "pixelrnn", "diagonal-bilstm"]
@@ -43,14 +45,19 @@ def speed(args) -> None:
     pyro.settings.set(module_local_params=True)
     train, source = binarized_mnist("train", limit=args.limit or 10_000)
     name = args.models if args.models in MODELS else "gated-pixelcnn"
+    net = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
+    what = f"{args.hidden_channels} x {args.num_layers}"
+    if args.preset:  # the recipe's network and batch size
+        preset = load_preset(args.preset)
+        name, net, what = preset.model, preset.model_config, f"--preset {args.preset}"
+        args.batch_size = preset.train.get("batch_size", args.batch_size)
 
     def build():
         torch.manual_seed(0)
-        config = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
-        return pg.create_model(name, image_shape=(1, 28, 28), **config)
+        return pg.create_model(name, image_shape=(1, 28, 28), **net)
 
-    print(f"# {name} {args.hidden_channels} x {args.num_layers}, {len(train)} images of "
-          f"{source}, batch {args.batch_size}; {machine()}")  # fmt: skip
+    print(f"# {name} {what}, {len(train)} images of {source}, batch {args.batch_size}; "
+          f"{machine()}")  # fmt: skip
     print("| training | s/epoch (epoch 2) | first epoch (s) | speed-up | train loss after 2 |")
     print("|---|---:|---:|---:|---:|")
     base = None
@@ -93,6 +100,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default="results/pixel")
     parser.add_argument("--speed", action="store_true", help="eager vs compiled training")
+    parser.add_argument("--preset", help="--speed: the network and batch size of this recipe")
     args = parser.parse_args()
     if args.speed:
         speed(args)
