@@ -75,10 +75,11 @@ def speed(args) -> None:
     model = build()
     x = train[: args.batch_size]
     opt = torch.optim.Adam(model.parameters())
+    elbo = pyro.infer.Trace_ELBO()
 
     def step():
         opt.zero_grad()
-        (-model.log_prob(x).mean()).backward()
+        (elbo.differentiable_loss(model.model, model.guide, x) / len(x)).backward()
         opt.step()
 
     step()
