@@ -18,6 +18,7 @@ finished run to ``DIR/NAME`` (default: the current directory) and writes its car
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -164,60 +165,40 @@ def _card(
             json.dumps(train_config, indent=2, default=str),
             "```",
         ]
-    if evaluation is not None and evaluation.get("exact"):
+    if evaluation is not None:
+        e = evaluation
+        images = f"{e['num_examples']} {e['split']} images"
+        if e.get("exact"):  # no K: the figure is the model's log-likelihood itself
+            cmd = f"pyro-genmodels evaluate {name} --split {e['split']}"
+            figures = f"(exact, {images}), {e['bits_per_dim']:.4f} bits/dim"
+        else:
+            cmd = f"pyro-genmodels evaluate {name} --num-samples {e['num_samples']}"
+            cmd += f" --split {e['split']}"
+            figures = (f"(K = {e['num_samples']}, {images}), ELBO {e['elbo']:.2f}, KL "
+                       f"{e['kl']:.2f}, PSIS k mean {e['psis_khat_mean']:.2f}")  # fmt: skip
         lines += [
-            "",
-            "## Evaluation",
-            "",
-            "```",
-            f"pyro-genmodels evaluate {name} --split {evaluation['split']}",
-            "```",
-            "",
-            f"NLL {evaluation['nll']:.2f} +- {evaluation['nll_stderr']:.2f} nats (exact, "
-            f"{evaluation['num_examples']} {evaluation['split']} images), "
-            f"{evaluation['bits_per_dim']:.4f} bits/dim; {evaluation['seconds']:.0f} s. "
+            "", "## Evaluation", "", "```", cmd, "```", "",
+            f"NLL {e['nll']:.2f} +- {e['nll_stderr']:.2f} nats {figures}; {e['seconds']:.0f} s. "
             f"Full output: `{EVALUATION_NAME}`.",
-        ]
-    elif evaluation is not None:
-        cmd = (
-            f"pyro-genmodels evaluate {name} --num-samples "
-            f"{evaluation['num_samples']} --split {evaluation['split']}"
-        )
-        lines += [
-            "",
-            "## Evaluation",
-            "",
-            "```",
-            cmd,
-            "```",
-            "",
-            f"NLL {evaluation['nll']:.2f} +- {evaluation['nll_stderr']:.2f} nats "
-            f"(K = {evaluation['num_samples']}, {evaluation['num_examples']} "
-            f"{evaluation['split']} images), ELBO {evaluation['elbo']:.2f}, KL "
-            f"{evaluation['kl']:.2f}, PSIS k mean {evaluation['psis_khat_mean']:.2f}; "
-            f"{evaluation['seconds']:.0f} s. Full output: `{EVALUATION_NAME}`.",
-        ]
+        ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def _hardware_lines(metrics: list[dict]) -> list[str]:
     """One line per run of consecutive epochs on the same hardware, precision and
     compilation (as their metrics rows record it; rows from before that say so)."""
-    lines, start = [], 0
-    keys = ("hardware", "precision", "compiled")
-    for i, row in enumerate(metrics):
-        last = i + 1 == len(metrics)
-        if last or any(metrics[i + 1].get(k) != row.get(k) for k in keys):
-            span = f"epoch {row['epoch']}" if i == start else (
-                f"epochs {metrics[start]['epoch']}-{row['epoch']}")  # fmt: skip
-            if row.get("hardware") is None:
-                what = "hardware and precision not recorded"
-            else:
-                compiled = ", torch.compile" if row.get("compiled") else ""
-                what = f"{row['hardware']}, precision {row['precision']}{compiled}"
-            seconds = sum(r.get("seconds", 0.0) for r in metrics[start : i + 1])
-            lines.append(f"{span}: {what}; {seconds / 3600:.2f} h")
-            start = i + 1
+    lines = []
+    for (where, precision, compiled), group in itertools.groupby(
+        metrics, key=lambda r: (r.get("hardware"), r.get("precision"), r.get("compiled"))
+    ):
+        rows = list(group)
+        first, last = rows[0]["epoch"], rows[-1]["epoch"]
+        span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+        what = "hardware and precision not recorded"
+        if where is not None:
+            what = f"{where}, precision {precision}" + (", torch.compile" if compiled else "")
+        hours = sum(r.get("seconds", 0.0) for r in rows) / 3600
+        lines.append(f"{span}: {what}; {hours:.2f} h")
     return lines
 
 
