@@ -634,9 +634,10 @@ def _list_pretrained() -> None:
         line = f"{name}: {path}"
         if (path / EVALUATION_NAME).is_file():
             r = json.loads((path / EVALUATION_NAME).read_text())
+            how = "exact" if r.get("exact") else f"K={r['num_samples']}"
             line += (
                 f"  (test NLL {r['nll']:.2f} +- {r['nll_stderr']:.2f} nats, "
-                f"K={r['num_samples']}, {r['num_examples']} images)"
+                f"{how}, {r['num_examples']} images)"
             )
         print(line)
 

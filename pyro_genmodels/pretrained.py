@@ -135,6 +135,8 @@ def _card(
         if last.get("stopped_early")
         else f"{len(metrics)} epochs"
     )
+    best_elbo = max(r.get("valid_elbo", float("-inf")) for r in metrics)
+    exact = bool(evaluation and evaluation.get("exact"))  # an exact model's ELBO is -NLL
     lines = [
         f"# {name}",
         "",
@@ -143,7 +145,7 @@ def _card(
         f"- data: `{data['dataset']}` ({data['num_train']} training images), "
         f"{data['binarization']} binarization, image shape {tuple(meta['image_shape'])}",
         f"- training: {stopped}; these weights are epoch {best['epoch']}, the best validation "
-        f"ELBO ({max(r.get('valid_elbo', float('-inf')) for r in metrics):.3f} nats)",
+        + (f"NLL ({-best_elbo:.3f} nats)" if exact else f"ELBO ({best_elbo:.3f} nats)"),
         f"- training time: {seconds / 3600:.2f} h of epochs (sum of `seconds` in metrics.jsonl)",
         *[f"- {line}" for line in _hardware_lines(metrics)],
         f"- written by pyro-genmodels {meta.get('version', '?')}",

@@ -628,14 +628,20 @@ def test_shipped_checkpoints_are_listed_with_their_cards():
         path = pretrained.pretrained_path(name)
         card = (path / "README.md").read_text()
         result = json.loads((path / "evaluation.json").read_text())
-        assert f"pyro-genmodels evaluate {name} --num-samples" in card
         sha = hashlib.sha256((path / "best.pt").read_bytes()).hexdigest()
         assert f"- sha256 of `best.pt`: `{sha}`" in card
         assert f"NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f}" in card
-        assert result["num_examples"] == 10000 and result["num_samples"] == 5000
+        assert result["num_examples"] == 10000 and result["split"] == "test"
         module = pg.load_pretrained(name)
         assert load_checkpoint(path / "best.pt")["epoch"] == result["epoch"]
-        assert module.config_dict()["latent_dim"] == 40
+        if result["exact"]:  # a pixel model: its log-likelihood itself, no K
+            assert f"pyro-genmodels evaluate {name} --split test\n" in card
+            assert "(exact, 10000 test images)" in card and "best validation NLL" in card
+            assert type(module).__name__ == "GatedPixelCNN"
+        else:
+            assert f"pyro-genmodels evaluate {name} --num-samples 5000 --split test" in card
+            assert result["num_samples"] == 5000 and "best validation ELBO" in card
+            assert module.config_dict()["latent_dim"] == 40
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data (MNIST)")

@@ -25,7 +25,8 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("pyro_genmodels-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert any(".dist-info/" in n and n.endswith("LICENSE") for n in names)  # MIT, shipped
-    for name in ("vae-paper", "vae-vampprior-paper", "iwae-k5-paper"):
+    shipped = ["gated-pixelcnn-mnist", "iwae-k5-paper", "vae-paper", "vae-vampprior-paper"]
+    for name in shipped:
         for part in ("best.pt", "README.md", "evaluation.json", "metrics.jsonl"):
             assert f"pyro_genmodels/checkpoints/{name}/{part}" in names, (name, part)
     assert "pyro_genmodels/presets/vae-paper.toml" in names
@@ -58,7 +59,7 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
                           text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[:2] == ["['iwae-k5-paper', 'vae-paper', 'vae-vampprior-paper']", "VAE 40"]
+    assert lines[:2] == [str(shipped), "VAE 40"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     result = json.loads((tmp_path / "e.json").read_text())
     assert (result["model"], result["num_examples"], result["num_samples"]) == ("vae", 6, 20)
@@ -76,7 +77,8 @@ def test_the_sdist_carries_the_checkpoints_and_project_files(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     with tarfile.open(tmp_path / build.stdout.split()[-1]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    for name in ("vae-paper", "vae-vampprior-paper", "iwae-k5-paper"):
+    shipped = ["gated-pixelcnn-mnist", "iwae-k5-paper", "vae-paper", "vae-vampprior-paper"]
+    for name in shipped:
         assert f"pyro_genmodels/checkpoints/{name}/best.pt" in names, name
     assert {"LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "pyproject.toml"} <= names
 
