@@ -34,7 +34,10 @@ def binarized_mnist(split: str, limit: int | None = None) -> tuple[torch.Tensor,
     ).fixed(), "binarized-mnist"
 
 
-def machine() -> str:
+def machine(device: torch.device | None = None) -> str:
+    """The hardware a table's figures come from: the GPU's name when ``device`` is one."""
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     threads = torch.get_num_threads()
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads)"
@@ -76,11 +79,29 @@ def write_table(out: Path, lines: list[str], rows: list[dict] | None = None) -> 
 BASELINE_REV = "faf73f0"
 
 
+#: the modules of ``pyro_genmodels.infer`` the baseline estimators import
+BASELINE_MODULES = ("ais", "importance", "diagnostics", "hints", "kl")
+
+
+def baseline_source(rev: str, name: str) -> str:
+    """``pyro_genmodels/infer/NAME.py`` at git revision ``rev``: from git, or on a machine
+    given a working tree without ``.git`` (the GPU machine) from ``.baseline/REV/NAME.py``,
+    written beforehand by ``benchmarks/_common.py --export-baseline``."""
+    import subprocess
+
+    copy = ROOT / ".baseline" / rev / f"{name}.py"
+    if copy.is_file():
+        return copy.read_text()
+    return subprocess.run(
+        ["git", "show", f"{rev}:pyro_genmodels/infer/{name}.py"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
 def baseline_infer(rev: str = BASELINE_REV):
     """``pyro_genmodels.infer``'s estimators as they were at git revision ``rev``, imported as
     a separate package (``_baseline_infer``) so that old and new run in one process."""
     import importlib
-    import subprocess
     import sys
     import tempfile
 
@@ -88,13 +109,25 @@ def baseline_infer(rev: str = BASELINE_REV):
     package = root / "_baseline_infer"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in ("ais", "importance", "diagnostics", "hints", "kl"):
-        source = subprocess.run(
-            ["git", "show", f"{rev}:pyro_genmodels/infer/{name}.py"],
-            cwd=ROOT, check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        (package / f"{name}.py").write_text(source)
+    for name in BASELINE_MODULES:
+        (package / f"{name}.py").write_text(baseline_source(rev, name))
     sys.path.insert(0, str(root))
     for name in ("ais", "importance", "kl"):
         importlib.import_module(f"_baseline_infer.{name}")
     return importlib.import_module("_baseline_infer")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="benchmark helpers")
+    parser.add_argument("--export-baseline", metavar="REV", nargs="?", const=BASELINE_REV,
+                        help="write the baseline estimators to .baseline/REV (git-ignored), "
+                        "for a machine that gets the working tree without .git")  # fmt: skip
+    args = parser.parse_args()
+    if args.export_baseline:
+        folder = ROOT / ".baseline" / args.export_baseline
+        folder.mkdir(parents=True, exist_ok=True)
+        for module in BASELINE_MODULES:
+            (folder / f"{module}.py").write_text(baseline_source(args.export_baseline, module))
+        print(folder)

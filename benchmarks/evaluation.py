@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import BASELINE_REV, baseline_infer, binarized_mnist, machine, write_table
+from _common import BASELINE_REV, baseline_infer, binarized_mnist, machine, sync, write_table
 from iw_vs_pythae import torch_bernoulli
 
 import pyro_genmodels as pg
@@ -41,8 +41,10 @@ from pyro_genmodels.runs import load_run
 def speed(args) -> None:
     """Old (``--baseline-rev``) against new estimators on one checkpoint, one process, batch
     by batch in turn (this machine's speed drifts over minutes)."""
-    module = pg.load_pretrained(args.pretrained)
+    device = torch.device(args.device)
+    module = pg.load_pretrained(args.pretrained).to(device)
     x, source = binarized_mnist("test", args.limit)
+    x = x.to(device)
     old = baseline_infer(args.baseline_rev)
     steps = int(args.ais_steps.split(",")[-1])
     codes = {
@@ -63,12 +65,15 @@ def speed(args) -> None:
         for code, (ais, iw, context) in codes.items():
             with context():
                 torch.manual_seed(i)
+                sync(device)
                 start = time.perf_counter()
                 per_image[code, "iw"].append(iw(module.model, module.guide, xb, args.num_samples))
+                sync(device)
                 seconds[code, "iw"] += time.perf_counter() - start
                 start = time.perf_counter()
                 est = ais(module.model, module.guide, xb, steps, args.ais_chains, seed=0,
                           num_leapfrog=args.leapfrog, example_offset=i * args.batch)  # fmt: skip
+                sync(device)
                 seconds[code, "ais"] += time.perf_counter() - start
                 per_image[code, "ais"].append(est.log_marginal)
             print(json.dumps({f"{c} {k}": round(v, 2) for (c, k), v in seconds.items()}),
@@ -78,7 +83,7 @@ def speed(args) -> None:
     lines = [
         f"{args.pretrained}, the first {len(x)} {source} test images, batches of {args.batch}, "
         f"old and new in turn on each batch; AIS {args.leapfrog} leapfrog steps per move. "
-        f"{machine()}.",
+        f"{machine(device)}.",
         "",
         "| estimate | old s/image | new s/image | old / new | old NLL | new NLL "
         "| new - old (paired) |",
@@ -139,6 +144,7 @@ def main() -> None:
     parser.add_argument("--pretrained", default="vae-paper", help="--speed: the checkpoint")
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="--speed: the old code")
     parser.add_argument("--gradient-dtype", help="--speed: also AIS with bfloat16 gradients")
+    parser.add_argument("--device", default="cpu", help="--speed: cpu or cuda")
     parser.add_argument("--limit", type=int, default=100, help="first N test images")
     parser.add_argument("--num-samples", type=int, default=5000, help="IW K")
     parser.add_argument("--ais-steps", default="100,1000", help="comma-separated AIS T")

@@ -4,16 +4,17 @@
 #   2. the vae-paper recipe for a few epochs with --accelerator gpu, in 32 and bf16-mixed,
 #   3. a resume of the float32 run, then its evaluation (IW, K = 1000, 2000 test images),
 #   4. 64 samples from a Gated PixelCNN with the cached sampler,
+#   5. AIS (T = 1000 x 8 chains) and IW (K = 1000) on 100 test images, the estimators of
+#      this checkout against those before issue 19 (benchmarks/evaluation.py --speed; at
+#      most 150 s, SKIP_AIS_SPEED=1 leaves it out),
 # and a table of s/epoch and s/image. Figures and logs go to OUT_DIR.
 #
 #     benchmarks/gpu_check.sh DATA_DIR OUT_DIR
 #
 # DATA_DIR holds binarized_mnist.npz (the layout of pyro_genmodels.data). On a machine
-# without pyro-ppl, the wheels in ./.whl are installed first; fetch them where pip works with
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#         --implementation cp --platform manylinux2014_x86_64 -d .whl \
-#         pyro-ppl==1.9.2 pyro-api==0.1.2 opt_einsum==3.4.0 arviz==0.23.4 \
-#         xarray==2026.9.0 xarray-einstats==0.9.1 h5netcdf h5py
+# without pyro-ppl, the wheels in ./.whl are installed first. benchmarks/gpu_prepare.sh,
+# run beforehand where pip works, writes .whl, .data (the data) and .baseline (the old
+# estimators, for step 5 on a machine without .git); carry all three.
 set -euo pipefail
 DATA=${1:?usage: gpu_check.sh DATA_DIR OUT_DIR}
 OUT=${2:?usage: gpu_check.sh DATA_DIR OUT_DIR}
@@ -57,6 +58,15 @@ model.sample(2); torch.cuda.synchronize()
 t = time.perf_counter(); x = model.sample(64); torch.cuda.synchronize()
 print(f"gated-pixelcnn 64x8: 64 samples in {time.perf_counter() - t:.2f} s on {x.device}")
 EOF
+
+if [ -z "${SKIP_AIS_SPEED:-}" ]; then
+echo "== 5. AIS and IW, old against new estimators, on the GPU" | tee -a "$OUT/summary.txt"
+timeout 150 "$PY" benchmarks/evaluation.py --speed --device cuda --pretrained vae-paper \
+    --limit 100 --batch 100 --ais-steps 1000 --ais-chains 8 --num-samples 1000 \
+    --out "$OUT/evaluation-speed" > "$OUT/evaluation-speed.log" 2>&1 \
+    || { echo "AIS speed stopped early; its running totals:"; tail -3 "$OUT/evaluation-speed.log"; }
+[ -f "$OUT/evaluation-speed/table.md" ] && tee -a "$OUT/summary.txt" < "$OUT/evaluation-speed/table.md"
+fi
 
 "$PY" - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, statistics, sys
