@@ -420,7 +420,9 @@ def _add_evaluate(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory written by train, or a shipped name")
-    p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--json", help="write the results as JSON to this file; while it runs, "
+                   "FILE.partial keeps the batches done, and the same command continues from "
+                   "them after an interruption")  # fmt: skip
     _add_command_options(p, EvalConfig, with_data=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -480,12 +482,21 @@ def cmd_evaluate(args) -> int:
     json_path = _writable_output(args.json) if args.json else None  # fail before the work
     config, run, data = _options(args, EvalConfig)
     _warn_if_training(args.run_dir)
-    result = evaluate_run(args.run_dir, config, run, data)
+    partial = _partial_path(json_path) if json_path and config.devices == 1 else None
+    if partial is not None and partial.is_file():
+        print(f"pyro-genmodels: continuing from {partial} (the batches it holds of this same "
+              "evaluation; a file from another is replaced)", file=sys.stderr)  # fmt: skip
+    result = evaluate_run(args.run_dir, config, run, data, partial=partial)
     if result is None:
         return 0  # another process of a distributed evaluation: rank 0 reports
     print(_summary(result))
     _write_json(result, json_path)
     return 0
+
+
+def _partial_path(json_path: Path) -> Path:
+    """Where ``evaluate --json FILE`` keeps its per-batch results while it runs."""
+    return json_path.with_name(json_path.name + ".partial")
 
 
 def _warn_if_training(run_dir: str) -> None:
@@ -702,6 +713,10 @@ def main(argv: list[str] | None = None) -> int:
                 if (Path(args.out) / "checkpoint.pt").is_file()
                 else "; no epoch was complete, nothing was saved"
             )
+        elif args.command == "evaluate" and args.json:
+            partial = _partial_path(Path(args.json))
+            if partial.is_file():
+                hint = f"; the batches done are in {partial}: the same command continues from them"
         print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - every failure becomes one line

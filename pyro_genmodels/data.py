@@ -514,6 +514,9 @@ class ImageDataset(Dataset):
                 "needs grey levels, e.g. --dataset mnist --binarization dynamic"
             )
         self.raw, self.data_format, self.seed = raw, data_format, int(seed)
+        # a selection (select) keeps the whole split's base to realize it as the whole split
+        self._whole: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
         self.binarization = binarization if data_format == "binary" else None
         split_seed = self.seed * 7 + SPLITS.index(raw.split)
         self._gen = lambda: torch.Generator().manual_seed(split_seed)
@@ -569,8 +572,16 @@ class ImageDataset(Dataset):
         return self._realize(self.base[index], None)
 
     def fixed(self) -> torch.Tensor:
-        """The whole split as one fixed (seeded) realization, for evaluation."""
+        """The whole split as one fixed (seeded) realization, for evaluation; for a
+        selection (:meth:`select`), its images as in the whole split's realization."""
+        if self._index is not None and self._random_realization:
+            return self._realize(self._whole, self._gen())[self._index]
         return self._realize(self.base, self._gen())
+
+    @property
+    def _random_realization(self) -> bool:
+        """Whether :meth:`fixed` draws noise (dynamic binarization, dequantization)."""
+        return self.binarization == "dynamic" or self.data_format == "dequantized"
 
     def subset(self, limit: int | None) -> ImageDataset:
         """The first ``limit`` examples (all if None)."""
@@ -578,14 +589,35 @@ class ImageDataset(Dataset):
             return self
         if int(limit) < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        if self._index is not None:
+            return self.select(torch.arange(min(int(limit), len(self))))
+        return self._taken(slice(0, int(limit)))
+
+    def select(self, index: torch.Tensor) -> ImageDataset:
+        """The examples at ``index`` (distinct indices into this dataset), in that order;
+        their :meth:`fixed` images are the ones they have in the whole split's."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.dim() != 1 or len(index.unique()) != len(index):
+            raise ValueError("select takes a 1-D tensor of distinct indices")
+        if len(index) and not (0 <= int(index.min()) and int(index.max()) < len(self)):
+            raise ValueError(f"indices out of range for a dataset of {len(self)} examples")
+        out = self._taken(index)
+        if self._index is None:  # indices into the whole split, whose realization is kept
+            out._whole, out._index = self.base, index
+        else:
+            out._index = self._index[index]
+        return out
+
+    def _taken(self, index) -> ImageDataset:
+        """A copy holding the examples at ``index`` (a slice, or a tensor of indices)."""
         out = object.__new__(ImageDataset)
         out.__dict__.update(self.__dict__)
-        limit = int(limit)
-        labels = self.raw.labels[:limit] if self.raw.labels is not None else None
-        factors = self.raw.factors[:limit] if self.raw.factors is not None else None
-        out.raw = RawImages(self.raw.images[:limit], labels, self.raw.binary, *self._names(),
+        rows = index.numpy() if isinstance(index, torch.Tensor) else index
+        labels = self.raw.labels[index] if self.raw.labels is not None else None
+        factors = self.raw.factors[rows] if self.raw.factors is not None else None
+        out.raw = RawImages(self.raw.images[index], labels, self.raw.binary, *self._names(),
                             factors, self.raw.source)  # fmt: skip
-        out.base = self.base[:limit]
+        out.base = self.base[index]
         return out
 
     def _names(self) -> tuple[str, str]:

@@ -10,6 +10,7 @@ the functions take the dataclass or its fields as keywords. :class:`RunOptions`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from .infer import (
     log_importance_weights,
     prior_log_marginal,
 )
+from .infer.checkpoint import save_atomic
 from .infer.program import positive_int
 from .runs import load_run
 
@@ -63,11 +65,33 @@ class DataOptions:
 
     split: Split = "test"  # data split
     limit: int | None = None  # the first N images of the split (default: all)
+    #: a fixed random subset of N images of the split (of the first --limit, if given), the
+    #: same N images for every model, seed and machine
+    subset: int | None = None
     dataset: Dataset | None = None  # another data set of the same shape (default: the run's)
     data_dir: str | None = None  # data directory (default: the run's, then the usual)
 
     def __post_init__(self):
-        _positive(self, "limit")
+        _positive(self, "limit", "subset")
+
+    def images(self, loaded, limit: int | None = None):
+        """The images of run ``loaded`` these options name (``limit``: the default of
+        ``self.limit``), as an :class:`~pyro_genmodels.data.ImageDataset`."""
+        images = loaded.dataset(self.split, self.dataset, self.data_dir, self.limit or limit)
+        return images if self.subset is None else random_subset(images, self.subset)
+
+
+#: the seed of :func:`random_subset`'s draw: one fixed subset of each size for everybody
+SUBSET_SEED = 0
+
+
+def random_subset(images, size: int):
+    """``size`` of ``images`` drawn without replacement, kept in their order: the same ones
+    for every call (a fixed random subset, for figures on part of a split)."""
+    if size > len(images):
+        raise ValueError(f"a subset of {size} images from {len(images)} is not possible")
+    gen = torch.Generator().manual_seed(SUBSET_SEED)
+    return images.select(torch.randperm(len(images), generator=gen)[:size].sort().values)
 
 
 @dataclass
@@ -215,7 +239,8 @@ def evaluate_batch(module, xb: torch.Tensor, index: int, config: EvalConfig,
     return out
 
 
-def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None, **overrides):
+def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None,
+                    partial: str | Path | None = None, **overrides):  # fmt: skip
     """Evaluation of ``module`` on images ``x`` ``(N, C, H, W)``: log p(x) by importance
     sampling (``method="iw"``, K = ``num_samples``) or by annealed importance sampling
     (``method="ais"``: ``ais_steps`` temperatures, ``ais_chains`` chains; the ELBO and KL then
@@ -227,6 +252,9 @@ def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None, *
 
     :param config: an :class:`EvalConfig`; ``overrides`` replace its fields
         (``evaluate_images(vae, x, num_samples=1000)``).
+    :param partial: a file where the per-batch results are kept as they come
+        (:class:`PartialEvaluation`): the same evaluation, interrupted, continues from it;
+        it is removed at the end. One process only (not with ``devices > 1``).
     :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
         ``num_examples``, ``psis_khat_mean``, ``psis_khat_max``) plus ``kl``, the standard
         error of ``nll``, the share of examples with k > 0.7, the mean ESS, ``active_units``
@@ -236,15 +264,60 @@ def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None, *
     """
     config = _config(EvalConfig, config, overrides)
     if config.devices > 1:
+        if partial:
+            raise ValueError("an evaluation sharded over processes keeps no partial results")
         accelerator = "gpu" if module.device.type == "cuda" else "cpu"
         return evaluate_images_distributed(module, x, config, accelerator)
     size = _batch_size(module, x, config)
-    start = time.perf_counter()
-    batches = [
-        evaluate_batch(module, x[i : i + size], i // size, config, example_offset=i)
-        for i in tqdm(range(0, len(x), size), desc="evaluate", disable=not config.progress)
-    ]
-    return summarize_evaluation(module, batches, time.perf_counter() - start, config)
+    saved = PartialEvaluation(partial, module, x, size, config) if partial else None
+    batches = saved.batches if saved else []
+    done = {b["index"] for b in batches}
+    start, before = time.perf_counter(), saved.seconds if saved else 0.0
+    for i in tqdm(range(0, len(x), size), desc="evaluate", disable=not config.progress,
+                  initial=len(done), total=-(-len(x) // size)):  # fmt: skip
+        if i // size in done:
+            continue
+        batches.append(evaluate_batch(module, x[i : i + size], i // size, config, example_offset=i))
+        if saved:
+            saved.save(batches, before + time.perf_counter() - start)
+    result = summarize_evaluation(module, batches, before + time.perf_counter() - start, config)
+    if saved:
+        saved.remove()
+    return result
+
+
+class PartialEvaluation:
+    """The per-batch results of an evaluation kept in a file as they come (atomically, after
+    each batch), so that the same evaluation interrupted (Ctrl-C, kill -9) continues where
+    it stopped. The file holds a digest of what the results depend on (the module's weights,
+    the images, the batch size and the estimator's settings): a file from another evaluation
+    is not used, and is replaced.
+    """
+
+    def __init__(self, path, module, x: torch.Tensor, batch_size: int, config: EvalConfig):
+        self.path = Path(path)
+        settings = dataclasses.asdict(config)
+        for key in ("progress", "devices", "disentanglement", "intervention_points"):
+            settings.pop(key)  # how it runs, or what is computed after the batches
+        digest = hashlib.sha256(json.dumps([settings, batch_size], sort_keys=True).encode())
+        for t in (x, *module.state_dict().values()):
+            if isinstance(t, torch.Tensor):  # as bytes, whatever the dtype
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        self.key = digest.hexdigest()
+        self.batches, self.seconds = [], 0.0
+        if self.path.is_file():
+            try:
+                saved = torch.load(self.path, weights_only=True)
+            except Exception:  # noqa: BLE001 - a truncated or foreign file: start over
+                saved = {}
+            if isinstance(saved, dict) and saved.get("key") == self.key:
+                self.batches, self.seconds = list(saved["batches"]), float(saved["seconds"])
+
+    def save(self, batches: list[dict], seconds: float) -> None:
+        save_atomic({"key": self.key, "batches": batches, "seconds": seconds}, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _batch_size(module, x: torch.Tensor, config: EvalConfig) -> int:
@@ -350,6 +423,7 @@ def evaluate_run(
     config: EvalConfig | None = None,
     run: RunOptions | None = None,
     data: DataOptions | None = None,
+    partial: str | Path | None = None,
     **overrides,
 ) -> dict | None:
     """Evaluate a run (or a shipped checkpoint by name) on a split of its data set; see
@@ -359,8 +433,11 @@ def evaluate_run(
         ELBO, i.e. model selection on the validation split) on which device; ``data``: which
         images. ``overrides`` are fields of any of the three
         (``evaluate_run("vae-paper", num_samples=1000, limit=500)``).
-    :returns: the summary with the run's model, guide, epoch, checkpoint and data set; None
-        in every process but the first when ``devices > 1``.
+    :param partial: where per-batch results are kept while it runs, so that it continues
+        after an interruption (see :func:`evaluate_images`).
+    :returns: the summary with the run's model, guide, epoch, checkpoint and data set (and
+        ``limit`` and ``subset``, which images of the split); None in every process but the
+        first when ``devices > 1``.
     """
     config, run, data = _split_overrides(overrides, config, run, data)
     device, accelerator = run.device, "cpu"
@@ -372,13 +449,13 @@ def evaluate_run(
                              f"{torch.cuda.device_count()} available")  # fmt: skip
         device = "cpu"  # Lightning moves the module to each process's device
     loaded = load_run(run_dir, device, run.checkpoint)
-    images = loaded.dataset(data.split, data.dataset, data.data_dir, data.limit)
+    images = data.images(loaded)
     if config.devices > 1:
         result = evaluate_images_distributed(loaded.module, images.fixed(), config, accelerator)
         if result is None:
             return None  # not rank 0
     else:
-        result = evaluate_images(loaded.module, images.fixed(), config)
+        result = evaluate_images(loaded.module, images.fixed(), config, partial)
     if config.disentanglement:
         result.update(disentanglement_scores(loaded.module, images, config))
     info = images.describe()
@@ -388,6 +465,8 @@ def evaluate_run(
         "epoch": loaded.checkpoint["epoch"],
         "checkpoint": run.checkpoint,
         **{k: info[k] for k in ("dataset", "split", "binarization", "data_format")},
+        "limit": data.limit,
+        "subset": data.subset,
         **result,
     }
 
@@ -552,8 +631,7 @@ def plot_run(run_dir: str | Path, out: str | Path, config: PlotConfig | None = N
         return Path(out)
     if not hasattr(module, "encode"):
         raise ValueError(f"{loaded.model_name} has no encoder, so no {kind} plot")
-    limit = data.limit or (16 if kind == "reconstructions" else 2000)
-    images = loaded.dataset(data.split, data.dataset, data.data_dir, limit)
+    images = data.images(loaded, 16 if kind == "reconstructions" else 2000)
     x = images.fixed()
     if kind == "reconstructions":
         x_rec = module.reconstruct(x.to(module.device)).cpu()

@@ -170,12 +170,17 @@ def _card(
     if evaluation is not None:
         e = evaluation
         images = f"{e['num_examples']} {e['split']} images"
+        which = "".join(f" --{k} {e[k]}" for k in ("limit", "subset") if e.get(k))
+        if e.get("subset"):
+            images = f"a fixed random subset of {images}" + (
+                f" (of the first {e['limit']})" if e.get("limit") else ""
+            )
         if e.get("exact"):  # no K: the figure is the model's log-likelihood itself
-            cmd = f"pyro-genmodels evaluate {name} --split {e['split']}"
+            cmd = f"pyro-genmodels evaluate {name} --split {e['split']}{which}"
             figures = f"(exact, {images}), {e['bits_per_dim']:.4f} bits/dim"
         else:
             cmd = f"pyro-genmodels evaluate {name} --num-samples {e['num_samples']}"
-            cmd += f" --split {e['split']}"
+            cmd += f" --split {e['split']}{which}"
             figures = (f"(K = {e['num_samples']}, {images}), ELBO {e['elbo']:.2f}, KL "
                        f"{e['kl']:.2f}, PSIS k mean {e['psis_khat_mean']:.2f}")  # fmt: skip
         lines += [
