@@ -8,7 +8,8 @@
 # copying OUT_DIR/run back, on any machine (`train --resume --out RUN`). Training runs under
 # bf16-mixed (validation in float32) and stops at the time limit as after Ctrl-C: the last
 # complete epoch is kept. The evaluation is exact for a pixel model (all test images) and
-# importance-weighted with K = 1000 on the first EVAL_IMAGES test images otherwise.
+# importance-weighted with K = 1000 on a fixed random subset of EVAL_IMAGES test images
+# otherwise (evaluate --subset).
 # Wheels for a machine without pyro-ppl: see benchmarks/gpu_check.sh.
 set -uo pipefail
 DATA=${1:?usage: gpu_recipe.sh DATA_DIR OUT_DIR PRESET [MINUTES] [EVAL_IMAGES]}
@@ -43,7 +44,7 @@ MODEL=$("$PY" -c "import sys; from pyro_genmodels.infer import load_checkpoint; 
 print(load_checkpoint(sys.argv[1])['metadata']['model'])" "$RUN/checkpoint.pt")
 case "$MODEL" in
     pixelcnn|gated-pixelcnn|pixelrnn|diagonal-bilstm) EVAL=(--num-samples 1) ;;  # exact
-    *) EVAL=(--num-samples 1000 --limit "$EVAL_IMAGES") ;;
+    *) EVAL=(--num-samples 1000 --subset "$EVAL_IMAGES") ;;
 esac
 "${CLI[@]}" evaluate "$RUN" "${EVAL[@]}" --data-dir "$DATA" --device "$DEVICE" --no-progress \
     --json "$OUT/evaluate.json" 2>&1 | tee "$OUT/evaluate.log"
