@@ -10,7 +10,7 @@
 # complete epoch is kept. The evaluation is exact for a pixel model (all test images) and
 # importance-weighted with K = 1000 on a fixed random subset of EVAL_IMAGES test images
 # otherwise (evaluate --subset).
-# Wheels for a machine without pyro-ppl: see benchmarks/gpu_check.sh.
+# Wheels and data for a machine without network or pyro-ppl: benchmarks/gpu_prepare.sh.
 set -uo pipefail
 DATA=${1:?usage: gpu_recipe.sh DATA_DIR OUT_DIR PRESET [MINUTES] [EVAL_IMAGES]}
 OUT=${2:?usage}
