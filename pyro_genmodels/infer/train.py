@@ -204,8 +204,8 @@ def _trainer(config: TrainConfig, run_dir: Path | None, on_epoch_end, has_valida
 
 
 def _check_data(module, train_data, valid_data, config: TrainConfig) -> None:
-    """The checks that run once, before any process starts: sizes, shapes, and the model's
-    own data checks on a first batch (the steps then run without per-call checks unless
+    """The checks that run once, before any process starts: sizes, and the model's own data
+    checks (shape, values) on each set (the steps then run without per-call checks unless
     ``config.validate``)."""
     if len(train_data) == 0:
         raise ValueError("the training set is empty")
@@ -213,28 +213,9 @@ def _check_data(module, train_data, valid_data, config: TrainConfig) -> None:
         raise ValueError("the validation set is empty (pass valid_data=None to skip it)")
     check = getattr(module, "check_input", None)
     for what, data in (("training", train_data), ("validation", valid_data)):
-        if data is None:
-            continue
-        _check_image_shape(module, data[[0]], what)
-        for start in range(0, len(data), 10_000) if check is not None else ():
-            with pyro.validation_enabled(True):
-                check(data[list(range(start, min(len(data), start + 10_000)))])
-
-
-def _check_image_shape(module, batch: torch.Tensor, what: str) -> None:
-    """Images of another shape (an RGB data set for a grey model) fail here, not inside the
-    first step."""
-    shape = getattr(module, "image_shape", None)
-    if shape is None:
-        return
-    got = tuple(batch.shape[1:])
-    if got != tuple(shape):
-        kind = {1: "grey", 3: "RGB"}
-        which = ""
-        if got[0] != shape[0]:
-            have, want = (kind.get(c, f"{c}-channel") for c in (got[0], shape[0]))
-            which = f" ({have} images for a {want} model)"
-        raise ValueError(
-            f"the {what} images have shape {got} but the model was built for "
-            f"{tuple(shape)}{which}; build the model with image_shape={got}"
-        )
+        for start in range(0, len(data), 10_000) if check and data is not None else ():
+            try:
+                with pyro.validation_enabled(True):
+                    check(data[list(range(start, min(len(data), start + 10_000)))])
+            except ValueError as e:
+                raise ValueError(f"the {what} images: {e}") from None

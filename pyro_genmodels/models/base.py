@@ -108,9 +108,15 @@ class ImageModel(PyroModule, InferenceHints):
             raise ValueError(f"images must be a float tensor, got dtype {x.dtype}; use x.float()")
         x = x.to(self._ref().dtype)
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            want = "(N, {}, {}, {})".format(*self.image_shape)
+            want, got = "(N, {}, {}, {})".format(*self.image_shape), tuple(x.shape)
+            which = ""
+            if x.dim() == 4 and got[1] != self.image_shape[0]:
+                kinds = {1: "grey", 3: "RGB"}
+                have, need = (kinds.get(c, f"{c}-channel") for c in (got[1], self.image_shape[0]))
+                which = f" ({have} images for a {need} model)"
             raise ValueError(
-                f"expected images of shape {want} for this model, got {tuple(x.shape)}"
+                f"expected images of shape {want} for this model, got {got}{which}; a model "
+                f"for these is built with image_shape={got[1:]}"
             )
         if is_validation_enabled():  # a host sync: training checks its data once instead
             self.likelihood.check_data(x)  # one pass; NaN and inf fail it and are named
