@@ -290,8 +290,8 @@ class PartialEvaluation:
     """The per-batch results of an evaluation kept in a file as they come (atomically, after
     each batch), so that the same evaluation interrupted (Ctrl-C, kill -9) continues where
     it stopped. The file holds a digest of what the results depend on (the module's weights,
-    the images, the batch size and the estimator's settings): a file from another evaluation
-    is not used, and is replaced.
+    the images, the batch size, the estimator's settings and the kind of device): a file from
+    another evaluation is not used, and is replaced.
     """
 
     def __init__(self, path, module, x: torch.Tensor, batch_size: int, config: EvalConfig):
@@ -299,7 +299,8 @@ class PartialEvaluation:
         settings = dataclasses.asdict(config)
         for key in ("progress", "devices", "disentanglement", "intervention_points"):
             settings.pop(key)  # how it runs, or what is computed after the batches
-        digest = hashlib.sha256(json.dumps([settings, batch_size], sort_keys=True).encode())
+        device = next(module.parameters(), x).device.type  # a CPU's figures differ from a GPU's
+        digest = hashlib.sha256(json.dumps([settings, batch_size, device], sort_keys=True).encode())
         for t in (x, *module.state_dict().values()):
             if isinstance(t, torch.Tensor):  # as bytes, whatever the dtype
                 digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
