@@ -11,6 +11,9 @@
 # importance-weighted with K = 1000 on a fixed random subset of EVAL_IMAGES test images
 # otherwise (evaluate --subset).
 # Wheels and data for a machine without network or pyro-ppl: benchmarks/gpu_prepare.sh.
+# To continue a run trained elsewhere (a CPU run), copy its directory to OUT_DIR/run first,
+# e.g. `cp -r runs/pixelvae-mnist .gpurun/run` (.gpurun is git-ignored: carry it), and copy
+# OUT_DIR/run back afterwards.
 set -uo pipefail
 DATA=${1:?usage: gpu_recipe.sh DATA_DIR OUT_DIR PRESET [MINUTES] [EVAL_IMAGES]}
 OUT=${2:?usage}
