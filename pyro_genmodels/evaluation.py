@@ -75,9 +75,11 @@ class DataOptions:
         _positive(self, "limit", "subset")
 
     def images(self, loaded, limit: int | None = None):
-        """The images of run ``loaded`` these options name (``limit``: the default of
-        ``self.limit``), as an :class:`~pyro_genmodels.data.ImageDataset`."""
-        images = loaded.dataset(self.split, self.dataset, self.data_dir, self.limit or limit)
+        """The images of run ``loaded`` these options name (``limit``: the command's default
+        for ``self.limit``, unless a subset is asked for), as an
+        :class:`~pyro_genmodels.data.ImageDataset`."""
+        limit = self.limit or (None if self.subset else limit)
+        images = loaded.dataset(self.split, self.dataset, self.data_dir, limit)
         return images if self.subset is None else random_subset(images, self.subset)
 
 
