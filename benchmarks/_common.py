@@ -98,6 +98,13 @@ def baseline_source(rev: str, name: str) -> str:
     ).stdout  # fmt: skip
 
 
+def write_baseline(rev: str, folder: Path) -> None:
+    """Write the baseline modules at ``rev`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in BASELINE_MODULES:
+        (folder / f"{name}.py").write_text(baseline_source(rev, name))
+
+
 def baseline_infer(rev: str = BASELINE_REV):
     """``pyro_genmodels.infer``'s estimators as they were at git revision ``rev``, imported as
     a separate package (``_baseline_infer``) so that old and new run in one process."""
@@ -107,10 +114,8 @@ def baseline_infer(rev: str = BASELINE_REV):
 
     root = Path(tempfile.mkdtemp(prefix="baseline-"))
     package = root / "_baseline_infer"
-    package.mkdir()
+    write_baseline(rev, package)
     (package / "__init__.py").write_text("")
-    for name in BASELINE_MODULES:
-        (package / f"{name}.py").write_text(baseline_source(rev, name))
     sys.path.insert(0, str(root))
     for name in ("ais", "importance", "kl"):
         importlib.import_module(f"_baseline_infer.{name}")
@@ -127,7 +132,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.export_baseline:
         folder = ROOT / ".baseline" / args.export_baseline
-        folder.mkdir(parents=True, exist_ok=True)
-        for module in BASELINE_MODULES:
-            (folder / f"{module}.py").write_text(baseline_source(args.export_baseline, module))
+        write_baseline(args.export_baseline, folder)
         print(folder)
