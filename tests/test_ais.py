@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from test_importance import LinearGaussian
 
 from pyro_genmodels.infer import ais_estimate, ais_log_marginal, bdmc, log_importance_weights
@@ -239,3 +240,80 @@ def test_low_precision_gradients_keep_the_estimate_exact(lg_data):
     assert (low.acceptance_rate - full.acceptance_rate).abs().max() < 0.05
     with pytest.raises(ValueError, match="gradient_dtype must be None or a float dtype"):
         ais_estimate(lg.model, None, x, 5, 2, gradient_dtype=torch.int32)
+
+
+class _BernoulliFactor:
+    """z ~ N(0, 1); six pixels x_j ~ Bernoulli(logits a_j z + c_j) (an event); the second
+    half of the images masked out of the likelihood (log p(x) = 0 there): exact by quadrature."""
+
+    def __init__(self, dtype=F64):
+        self.a = torch.tensor([2.0, -1.5, 0.7, 3.0, -2.5, 1.0], dtype=dtype)
+        self.c = torch.tensor([0.3, -0.2, 1.0, -1.0, 0.5, 0.0], dtype=dtype)
+
+    @staticmethod
+    def mask(n):
+        return torch.arange(n) < n // 2
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            logits = torch.nn.functional.linear(z.unsqueeze(-1), self.a[:, None], self.c)
+            with poutine.mask(mask=self.mask(x.shape[0])):
+                pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def exact(self, x):
+        z = torch.linspace(-12, 12, 24001, dtype=F64)
+        a, c = self.a.double(), self.c.double()
+        logits = z[:, None, None] * a + c  # (grid, 1, 6)
+        ll = dist.Bernoulli(logits=logits).log_prob(x).sum(-1) * self.mask(x.shape[0])
+        log_joint = ll + dist.Normal(0.0, 1.0).log_prob(z)[:, None]
+        return torch.logsumexp(log_joint, 0) + math.log(z[1] - z[0])
+
+
+def test_bernoulli_forces_inside_trajectories_are_the_exact_gradient(monkeypatch):
+    # inside a trajectory a Bernoulli site's density is left out (NaN) and only its gradient
+    # computed: the same chains, step for step, as computing the density, and log p(x) exact
+    from pyro_genmodels.infer import ais
+
+    bf = _BernoulliFactor()
+    torch.manual_seed(0)
+    z = torch.randn(12, 1, dtype=F64)
+    x = dist.Bernoulli(logits=z * bf.a + bf.c).sample()
+    calls = []
+    apply = ais._BernoulliForce.apply
+    monkeypatch.setattr(ais._BernoulliForce, "apply", lambda *a: calls.append(1) or apply(*a))
+    fast = ais_estimate(bf.model, None, x, 200, 16, seed=4)
+    assert len(calls) == 199 * 10 - 199  # every leapfrog step but the last of each move
+    monkeypatch.setattr(ais, "_force_only", lambda trace: None)
+    full = ais_estimate(bf.model, None, x, 200, 16, seed=4)
+    assert torch.allclose(fast.log_weights, full.log_weights, rtol=0, atol=1e-9)
+    assert torch.equal(fast.acceptance_rate, full.acceptance_rate)
+    se = fast.log_weight_std / 4
+    assert ((fast.log_marginal - bf.exact(x)).abs() < 4 * se + 0.01).all()
+    assert (fast.log_marginal[6:] == 0).all()  # masked: the prior's integral
+
+
+def test_bernoulli_forces_in_bfloat16_keep_the_estimate_exact():
+    # under autocast the logits (a linear layer's output) and the force are bfloat16
+    bf = _BernoulliFactor(torch.float32)
+    torch.manual_seed(1)
+    x = dist.Bernoulli(logits=torch.randn(12, 1) * bf.a + bf.c).sample()
+    est = ais_estimate(bf.model, None, x, 100, 400, seed=5, gradient_dtype=torch.bfloat16)
+    se = est.log_weight_std.double() / 20
+    assert ((est.log_marginal.double() - bf.exact(x.double())).abs() < 4 * se + 0.01).all()
+    assert 0.5 < est.acceptance_rate.mean() < 0.95
+
+
+def test_bernoulli_force_broadcasts_and_sums_its_event_dims():
+    from pyro_genmodels.infer.ais import _BernoulliForce
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 2, 4, dtype=F64, requires_grad=True)
+    value = torch.rand(5, 2, 4, dtype=F64).round()
+    weight = torch.rand(3, 5, dtype=F64)
+    out = _BernoulliForce.apply(logits, value, 2)
+    assert out.shape == (3, 5) and out.isnan().all()  # the density is never computed
+    (force,) = torch.autograd.grad((out * weight).sum(), logits)
+    exact = dist.Bernoulli(logits=logits).log_prob(value).sum((-2, -1))
+    (expected,) = torch.autograd.grad((exact * weight).sum(), logits)
+    assert torch.allclose(force, expected, rtol=1e-12, atol=1e-12)

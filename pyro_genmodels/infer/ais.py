@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import sum_rightmost
+from pyro.distributions.util import scale_and_mask, sum_rightmost
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
@@ -158,6 +158,60 @@ def _pair_auxiliary(guide_sites: dict, sites: dict[str, _Site]) -> None:
         target.auxiliary = aux
 
 
+class _BernoulliForce(torch.autograd.Function):
+    """The log-density of a Bernoulli site summed over ``dims`` event dims, where only its
+    gradient is read (inside a leapfrog trajectory): the exact gradient ``value -
+    sigmoid(logits)`` in the backward, and NaN in the forward, which spares the ``exp`` and
+    ``log`` of the density (a tenth of a decoder model's gradient evaluation) and makes any
+    use of the value visible."""
+
+    @staticmethod
+    def forward(ctx, logits, value, dims: int):
+        ctx.save_for_backward(logits, value)
+        ctx.dims = dims
+        shape = torch.broadcast_shapes(logits.shape, value.shape)
+        shape = shape[: len(shape) - dims]
+        dtype = torch.promote_types(logits.dtype, value.dtype)
+        return torch.full(shape, math.nan, dtype=dtype, device=logits.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, value = ctx.saved_tensors
+        # in the logits' dtype (autocast's), in place: mixed dtypes take torch's slow path
+        dtype, shape = logits.dtype, torch.broadcast_shapes(logits.shape, value.shape)
+        force = torch.sigmoid(logits)
+        if force.shape != shape:
+            force = force.expand(shape).contiguous()
+        grad = grad.reshape(grad.shape + (1,) * ctx.dims).to(dtype)
+        force.neg_().add_(value.to(dtype)).mul_(grad)
+        return force.sum_to_size(logits.shape), None, None
+
+
+def _bernoulli_logits(fn) -> tuple[torch.Tensor, int] | None:
+    """``(logits, event dims)`` of a Bernoulli given by its logits (inside ``Independent``
+    wrappers: ``to_event``), else None."""
+    dims = 0
+    while isinstance(fn, torch.distributions.Independent):
+        dims, fn = dims + fn.reinterpreted_batch_ndims, fn.base_dist
+    if isinstance(fn, torch.distributions.Bernoulli) and "logits" in fn.__dict__:
+        return fn.logits, dims
+    return None
+
+
+def _force_only(model_tr) -> None:
+    """Fill the log-probs of the trace's observed Bernoulli sites with
+    :class:`_BernoulliForce`: their gradients are exact, their values NaN. Only for a path
+    that sums site log-probs (no enumeration), where the gradient does not read the values."""
+    for site in model_tr.nodes.values():
+        if site["type"] != "sample" or not site["is_observed"] or "log_prob" in site:
+            continue
+        found = _bernoulli_logits(site["fn"])
+        if found is not None:
+            log_p = _BernoulliForce.apply(found[0], site["value"], found[1])
+            site["unscaled_log_prob"] = log_p
+            site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
+
+
 class _Path:
     """log q(z | x), log p(x, z) and the log-Jacobian per (chain, example) at unconstrained
     values ``u``, with their gradients; ``q`` is the guide plus the prior of any model latent
@@ -197,8 +251,9 @@ class _Path:
             ladj = sum_rightmost(ladj, extra)
         return _reduce(model_site, ladj.expand(u.shape[: self.batch_dims(name, u)]), 0)
 
-    def parts(self, u: dict):
-        """``(log_q, log_p, log_jac)``, each ``(C, N)``, at ``u`` (tensors needing grad)."""
+    def parts(self, u: dict, force_only: bool = False):
+        """``(log_q, log_p, log_jac)``, each ``(C, N)``, at ``u`` (tensors needing grad);
+        ``force_only``: for their gradients alone (``log_p`` may then be NaN)."""
         z = {name: self.sites[name].transform(value) for name, value in u.items()}
         data = dict(z)
         data.update({s.auxiliary: u[n] for n, s in self.sites.items() if s.auxiliary})
@@ -209,6 +264,8 @@ class _Path:
                 guide_tr = poutine.trace(poutine.condition(self.guide, data=data)).get_trace(self.x)
             model = poutine.condition(_enumerating(self.model, self.layout), data=z)
             model_tr = poutine.trace(model).get_trace(self.x)
+        if force_only and not self.layout.enumerated:
+            _force_only(model_tr)
         model_tr.compute_log_prob()
         model_sites = sample_sites(model_tr)
         if self.cached_q is None:
@@ -234,16 +291,14 @@ class _Path:
         """The state at ``u``: its parts and the gradients of log q + J and log p + J (with
         ``beta``, both hold the gradient of f_beta: all a step inside a trajectory needs).
 
-        With a ``gradient_dtype`` the gradients are computed under autocast to it (the
-        leapfrog's force field: any deterministic function of u keeps HMC exact) and the parts
-        in full precision, only if ``values`` (the end of a trajectory); else they are NaN.
+        The parts are computed only if ``values`` (the end of a trajectory); else they may
+        be NaN, and with a ``gradient_dtype`` the gradients are computed under autocast to it
+        (the force field inside a trajectory: any deterministic function of u keeps HMC exact).
         """
         u = {k: v.detach().requires_grad_() for k, v in u.items()}
-        if self.gradient_dtype is None:
-            log_q, log_p, log_jac = self.parts(u)
-        else:
-            with torch.autocast(self.x.device.type, dtype=self.gradient_dtype):
-                log_q, log_p, log_jac = self.parts(u)
+        low = None if values else self.gradient_dtype
+        with torch.autocast(self.x.device.type, dtype=low, enabled=low is not None):
+            log_q, log_p, log_jac = self.parts(u, force_only=not values)
         names, inputs = list(u), list(u.values())
         if beta is not None:  # inside a trajectory: the gradient of f_beta alone
             f = (1 - beta) * log_q + beta * log_p + log_jac
@@ -252,12 +307,6 @@ class _Path:
             grad_q = torch.autograd.grad((log_q + log_jac).sum(), inputs, retain_graph=True,
                                          allow_unused=True)  # fmt: skip
             grad_p = torch.autograd.grad((log_p + log_jac).sum(), inputs, allow_unused=True)
-        if self.gradient_dtype is not None:
-            if values:
-                with torch.no_grad():
-                    log_q, log_p, log_jac = self.parts({k: v.detach() for k, v in u.items()})
-            else:
-                log_q = log_p = log_jac = torch.full_like(log_q, math.nan, dtype=self.x.dtype)
 
         def grads(gs):
             return {k: torch.zeros_like(u[k]) if g is None else g.to(u[k].dtype)
@@ -462,9 +511,12 @@ def _ais(model, guide, x, betas, chains, tune, kernel, layout, per_pass, bar, st
             z0 = {k: start[k].unsqueeze(0).expand(total, *start[k].shape) for k in sites}
         u0 = {k: sites[k].transform.inv(v).detach() for k, v in z0.items()}
         _check_batch_shapes(u0, path)
-        state = path(u0)
-        log_w, rate, used, final = _anneal(path, state, betas, est, total - est, kernel,
-                                           schedule, bar)  # fmt: skip
+        # an autocast level (itself off) around the pass: the parameters' casts that each
+        # gradient inside a trajectory makes are cached until it ends, not redone per step
+        with torch.autocast(x.device.type, dtype=kernel["gradient_dtype"], enabled=False):
+            state = path(u0)
+            log_w, rate, used, final = _anneal(path, state, betas, est, total - est, kernel,
+                                               schedule, bar)  # fmt: skip
         if schedule is None:
             schedule, eps = used, final
         log_ws.append(log_w.detach())
