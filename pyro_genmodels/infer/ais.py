@@ -287,39 +287,31 @@ class _Path:
             log_jac = log_jac + self._log_jacobian(name, value, z[name], model_sites[name])
         return self.reduce(log_q), self.reduce(log_p), self.reduce(log_jac)
 
-    def __call__(self, u: dict, values: bool = True, beta: float | None = None) -> _State:
-        """The state at ``u``: its parts and the gradients of log q + J and log p + J (with
-        ``beta``, both hold the gradient of f_beta: all a step inside a trajectory needs).
+    @staticmethod
+    def _grads(u: dict, output: torch.Tensor, retain: bool = False) -> dict:
+        gs = torch.autograd.grad(output, list(u.values()), retain_graph=retain, allow_unused=True)
+        return {k: torch.zeros_like(v) if g is None else g.to(v.dtype)
+                for (k, v), g in zip(u.items(), gs, strict=True)}  # fmt: skip
 
-        The parts are computed only if ``values`` (the end of a trajectory); else they may
-        be NaN, and with a ``gradient_dtype`` the gradients are computed under autocast to it
-        (the force field inside a trajectory: any deterministic function of u keeps HMC exact).
-        """
+    def force(self, u: dict, beta: float) -> dict:
+        """The gradient of log f_beta at ``u`` (inside a trajectory, all a step needs), under
+        autocast to ``gradient_dtype`` if one is set: any deterministic force field keeps
+        the leapfrog volume-preserving and reversible, hence HMC exact."""
         u = {k: v.detach().requires_grad_() for k, v in u.items()}
-        low = None if values else self.gradient_dtype
+        low = self.gradient_dtype
         with torch.autocast(self.x.device.type, dtype=low, enabled=low is not None):
-            log_q, log_p, log_jac = self.parts(u, force_only=not values)
-        names, inputs = list(u), list(u.values())
-        if beta is not None:  # inside a trajectory: the gradient of f_beta alone
-            f = (1 - beta) * log_q + beta * log_p + log_jac
-            grad_q = grad_p = torch.autograd.grad(f.sum(), inputs, allow_unused=True)
-        else:
-            grad_q = torch.autograd.grad((log_q + log_jac).sum(), inputs, retain_graph=True,
-                                         allow_unused=True)  # fmt: skip
-            grad_p = torch.autograd.grad((log_p + log_jac).sum(), inputs, allow_unused=True)
+            log_q, log_p, log_jac = self.parts(u, force_only=True)
+        return self._grads(u, ((1 - beta) * log_q + beta * log_p + log_jac).sum())
 
-        def grads(gs):
-            return {k: torch.zeros_like(u[k]) if g is None else g.to(u[k].dtype)
-                    for k, g in zip(names, gs, strict=True)}  # fmt: skip
-
-        return _State(
-            {k: v.detach() for k, v in u.items()},
-            log_q.detach(),
-            log_p.detach(),
-            log_jac.detach(),
-            grads(grad_q),
-            grads(grad_p),
-        )
+    def __call__(self, u: dict) -> _State:
+        """The state at ``u`` (the end of a trajectory), in full precision: its parts and the
+        gradients of log q + J and log p + J."""
+        u = {k: v.detach().requires_grad_() for k, v in u.items()}
+        log_q, log_p, log_jac = self.parts(u)
+        grad_q = self._grads(u, (log_q + log_jac).sum(), retain=True)
+        grad_p = self._grads(u, (log_p + log_jac).sum())
+        detached = (t.detach() for t in (log_q, log_p, log_jac))
+        return _State({k: v.detach() for k, v in u.items()}, *detached, grad_q, grad_p)
 
 
 @dataclass
@@ -357,36 +349,46 @@ class _State:
         )
 
 
-def _finite(path: _Path, state: _State, values: bool = True) -> torch.Tensor:
-    """``(C, N)``: whether a chain's position and gradients (and density) are all finite."""
-    total = state.log_q + state.log_p + state.log_jac
-    ok = torch.isfinite(total) if values else torch.ones_like(total, dtype=torch.bool)
-    for k, value in state.u.items():
-        for t in (value, state.grad_q[k], state.grad_p[k]):
-            ok = ok & (path.per_chain(k, (~torch.isfinite(t)).to(value.dtype)) == 0)
+def _finite(path: _Path, u: dict, grad: dict, total: torch.Tensor | None = None) -> torch.Tensor:
+    """``(C, N)``: whether a chain's position and gradients (and ``total`` density) are all
+    finite; ``grad`` is one dict of gradients or a tuple of them."""
+    ok = torch.isfinite(total) if total is not None else True
+    grads = grad if isinstance(grad, tuple) else (grad,)
+    for k, value in u.items():
+        bad = ~torch.isfinite(value)
+        for g in grads:
+            bad = bad | ~torch.isfinite(g[k])
+        ok = ok & (path.per_chain(k, bad.to(value.dtype)) == 0)
     return ok
 
 
 def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
-    """One HMC move at temperature ``beta``; returns (state, accepted (C, N))."""
+    """One HMC move at temperature ``beta``; returns (state, accepted (C, N)). A chain whose
+    trajectory diverges (a non-finite position, gradient or density) stops at its start
+    and is rejected."""
     r = {k: torch.randn_like(v) for k, v in state.u.items()}
     kinetic0 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
     eps = {k: spread(eps_cn, k) for k in r}
-    grad = state.grad(beta)
+    start_grad = state.grad(beta)
+    u, grad = state.u, start_grad
     r = {k: r[k] + 0.5 * eps[k] * grad[k] for k in r}
     diverged = torch.zeros_like(kinetic0, dtype=torch.bool)
-    new = state
-    for step in range(num_leapfrog):
-        last = step == num_leapfrog - 1  # the density only at the end of the trajectory
-        u1 = {k: new.u[k] + eps[k] * r[k] for k in r}
-        frozen = {k: spread(diverged, k) for k in r}  # diverged chains stop at the start
-        at = {k: torch.where(frozen[k], state.u[k], u1[k]) for k in u1}
-        new = path(at, values=last, beta=None if last else beta)
-        diverged = diverged | ~_finite(path, new, values=last)
-        new = state.where(~diverged, new, spread)  # never feed a non-finite state onward
-        grad = new.grad(beta)
-        scale = 1.0 if last else 2.0  # full steps inside, half at the end
-        r = {k: r[k] + 0.5 * scale * eps[k] * grad[k] for k in r}
+    frozen = {k: spread(diverged, k) for k in r}
+    for _ in range(num_leapfrog - 1):  # inside the trajectory: full steps, forces alone
+        u = {k: torch.where(frozen[k], state.u[k], u[k] + eps[k] * r[k]) for k in r}
+        grad = path.force(u, beta)
+        diverged = diverged | ~_finite(path, u, grad)
+        frozen = {k: spread(diverged, k) for k in r}  # never feed a non-finite state onward
+        u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
+        grad = {k: torch.where(frozen[k], start_grad[k], grad[k]) for k in r}
+        r = {k: r[k] + eps[k] * grad[k] for k in r}
+    # the end of the trajectory: the state with its density, and a half step
+    new = path({k: torch.where(frozen[k], state.u[k], u[k] + eps[k] * r[k]) for k in r})
+    total = new.log_q + new.log_p + new.log_jac
+    diverged = diverged | ~_finite(path, new.u, (new.grad_q, new.grad_p), total)
+    new = state.where(~diverged, new, spread)
+    grad = new.grad(beta)
+    r = {k: r[k] + 0.5 * eps[k] * grad[k] for k in r}
     kinetic1 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
     log_accept = (new.f(beta) - kinetic1) - (state.f(beta) - kinetic0)
     log_accept = torch.where(diverged | ~torch.isfinite(log_accept), -math.inf, log_accept)
