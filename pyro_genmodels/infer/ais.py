@@ -513,12 +513,9 @@ def _ais(model, guide, x, betas, chains, tune, kernel, layout, per_pass, bar, st
             z0 = {k: start[k].unsqueeze(0).expand(total, *start[k].shape) for k in sites}
         u0 = {k: sites[k].transform.inv(v).detach() for k, v in z0.items()}
         _check_batch_shapes(u0, path)
-        # an autocast level (itself off) around the pass: the parameters' casts that each
-        # gradient inside a trajectory makes are cached until it ends, not redone per step
-        with torch.autocast(x.device.type, dtype=kernel["gradient_dtype"], enabled=False):
-            state = path(u0)
-            log_w, rate, used, final = _anneal(path, state, betas, est, total - est, kernel,
-                                               schedule, bar)  # fmt: skip
+        state = path(u0)
+        log_w, rate, used, final = _anneal(path, state, betas, est, total - est, kernel,
+                                           schedule, bar)  # fmt: skip
         if schedule is None:
             schedule, eps = used, final
         log_ws.append(log_w.detach())
