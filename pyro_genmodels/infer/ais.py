@@ -349,11 +349,10 @@ class _State:
         )
 
 
-def _finite(path: _Path, u: dict, grad: dict, total: torch.Tensor | None = None) -> torch.Tensor:
-    """``(C, N)``: whether a chain's position and gradients (and ``total`` density) are all
-    finite; ``grad`` is one dict of gradients or a tuple of them."""
+def _finite(path: _Path, u: dict, grads: tuple, total: torch.Tensor | None = None) -> torch.Tensor:
+    """``(C, N)``: whether a chain's position, its gradients (dicts like ``u``) and its
+    ``total`` density are all finite."""
     ok = torch.isfinite(total) if total is not None else True
-    grads = grad if isinstance(grad, tuple) else (grad,)
     for k, value in u.items():
         bad = ~torch.isfinite(value)
         for g in grads:
@@ -377,7 +376,7 @@ def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
     for _ in range(num_leapfrog - 1):  # inside the trajectory: full steps, forces alone
         u = {k: torch.where(frozen[k], state.u[k], u[k] + eps[k] * r[k]) for k in r}
         grad = path.force(u, beta)
-        diverged = diverged | ~_finite(path, u, grad)
+        diverged = diverged | ~_finite(path, u, (grad,))
         frozen = {k: spread(diverged, k) for k in r}  # never feed a non-finite state onward
         u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
         grad = {k: torch.where(frozen[k], start_grad[k], grad[k]) for k in r}
