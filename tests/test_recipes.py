@@ -665,14 +665,20 @@ def test_shipped_checkpoints_are_listed_with_their_cards():
         sha = hashlib.sha256((path / "best.pt").read_bytes()).hexdigest()
         assert f"- sha256 of `best.pt`: `{sha}`" in card
         assert f"NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f}" in card
-        assert result["num_examples"] == 10000 and result["split"] == "test"
+        assert result["split"] == "test"
         module = pg.load_pretrained(name)
         assert load_checkpoint(path / "best.pt")["epoch"] == result["epoch"]
         if result["exact"]:  # a pixel model: its log-likelihood itself, no K
             assert f"pyro-genmodels evaluate {name} --split test\n" in card
             assert "(exact, 10000 test images)" in card and "best validation NLL" in card
-            assert type(module).__name__ == "GatedPixelCNN"
+            assert type(module).__name__ == "GatedPixelCNN" and result["num_examples"] == 10000
+        elif type(module).__name__ == "PixelVAE":  # K = 1000 on a fixed random subset
+            cmd = f"pyro-genmodels evaluate {name} --num-samples 1000 --split test --subset 2000\n"
+            assert cmd in card and "a fixed random subset of 2000 test images" in card
+            assert (result["num_samples"], result["num_examples"]) == (1000, 2000)
+            assert len(result["per_image_nll"]) == 2000 and "best validation ELBO" in card
         else:
+            assert result["num_examples"] == 10000
             assert f"pyro-genmodels evaluate {name} --num-samples 5000 --split test" in card
             assert result["num_samples"] == 5000 and "best validation ELBO" in card
             assert module.config_dict()["latent_dim"] == 40
@@ -689,6 +695,25 @@ def test_the_shipped_vae_reproduces_its_evaluation_image_by_image(monkeypatch):
     torch.testing.assert_close(
         torch.tensor(result["per_image_nll"]),
         torch.tensor(shipped["per_image_nll"][:100]),
+        rtol=0,
+        atol=1e-3,
+    )
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data (MNIST)")
+def test_the_shipped_pixelvae_reproduces_its_evaluation_image_by_image(monkeypatch):
+    """The first batch of the shipped PixelVAE's evaluation (10 images of its fixed random
+    subset of 2000 test images, K = 1000), recomputed."""
+    monkeypatch.setenv("PYRO_GENMODELS_DATA", str(shared_data_dir()))
+    run = runs.load_run(pretrained.pretrained_path("pixelvae-mnist"), which="best")
+    x = evaluation.random_subset(run.dataset("test"), 2000).fixed()[:10]
+    result = evaluation.evaluate_images(run.module, x, num_samples=1000, progress=False, seed=0)
+    shipped = json.loads(
+        (pretrained.pretrained_path("pixelvae-mnist") / "evaluation.json").read_text()
+    )
+    torch.testing.assert_close(
+        torch.tensor(result["per_image_nll"]),
+        torch.tensor(shipped["per_image_nll"][:10]),
         rtol=0,
         atol=1e-3,
     )

@@ -25,7 +25,13 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("pyro_genmodels-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert any(".dist-info/" in n and n.endswith("LICENSE") for n in names)  # MIT, shipped
-    shipped = ["gated-pixelcnn-mnist", "iwae-k5-paper", "vae-paper", "vae-vampprior-paper"]
+    shipped = [
+        "gated-pixelcnn-mnist",
+        "iwae-k5-paper",
+        "pixelvae-mnist",
+        "vae-paper",
+        "vae-vampprior-paper",
+    ]
     for name in shipped:
         for part in ("best.pt", "README.md", "evaluation.json", "metrics.jsonl"):
             assert f"pyro_genmodels/checkpoints/{name}/{part}" in names, (name, part)
@@ -77,7 +83,13 @@ def test_the_sdist_carries_the_checkpoints_and_project_files(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     with tarfile.open(tmp_path / build.stdout.split()[-1]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    shipped = ["gated-pixelcnn-mnist", "iwae-k5-paper", "vae-paper", "vae-vampprior-paper"]
+    shipped = [
+        "gated-pixelcnn-mnist",
+        "iwae-k5-paper",
+        "pixelvae-mnist",
+        "vae-paper",
+        "vae-vampprior-paper",
+    ]
     for name in shipped:
         assert f"pyro_genmodels/checkpoints/{name}/best.pt" in names, name
     assert {"LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "pyproject.toml"} <= names
