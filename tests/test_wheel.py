@@ -13,6 +13,10 @@ from conftest import ROOT
 
 from pyro_genmodels.evaluation import evaluate_run
 
+#: the checkpoints the package ships, as list_pretrained() names them
+SHIPPED = ["gated-pixelcnn-mnist", "iwae-k5-paper", "pixelvae-mnist", "vae-paper",
+           "vae-vampprior-paper"]  # fmt: skip
+
 
 @pytest.mark.slow
 def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
@@ -25,14 +29,7 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("pyro_genmodels-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert any(".dist-info/" in n and n.endswith("LICENSE") for n in names)  # MIT, shipped
-    shipped = [
-        "gated-pixelcnn-mnist",
-        "iwae-k5-paper",
-        "pixelvae-mnist",
-        "vae-paper",
-        "vae-vampprior-paper",
-    ]
-    for name in shipped:
+    for name in SHIPPED:
         for part in ("best.pt", "README.md", "evaluation.json", "metrics.jsonl"):
             assert f"pyro_genmodels/checkpoints/{name}/{part}" in names, (name, part)
     assert "pyro_genmodels/presets/vae-paper.toml" in names
@@ -65,7 +62,7 @@ def test_the_wheel_installed_elsewhere_loads_a_shipped_model(tmp_path):
                           text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[:2] == [str(shipped), "VAE 40"]
+    assert lines[:2] == [str(SHIPPED), "VAE 40"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     result = json.loads((tmp_path / "e.json").read_text())
     assert (result["model"], result["num_examples"], result["num_samples"]) == ("vae", 6, 20)
@@ -83,14 +80,7 @@ def test_the_sdist_carries_the_checkpoints_and_project_files(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     with tarfile.open(tmp_path / build.stdout.split()[-1]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    shipped = [
-        "gated-pixelcnn-mnist",
-        "iwae-k5-paper",
-        "pixelvae-mnist",
-        "vae-paper",
-        "vae-vampprior-paper",
-    ]
-    for name in shipped:
+    for name in SHIPPED:
         assert f"pyro_genmodels/checkpoints/{name}/best.pt" in names, name
     assert {"LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "pyproject.toml"} <= names
 
