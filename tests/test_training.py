@@ -256,6 +256,30 @@ def test_one_writer_per_run_directory(tmp_path, capsys):
     assert code == 0 and "has trained 2 of 2 epochs: nothing to do" in stdout
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ValueError])
+def test_an_error_while_lightning_creates_the_batch_iterator_is_the_one_raised(
+    error, tmp_path, monkeypatch
+):
+    # Lightning's teardown asks the length of a loader whose iterator was never made and
+    # raises over the error that stopped it ("Please call `iter(combined_loader)` first."):
+    # a Ctrl-C in that moment (CI met one) must still read as an interruption, and any other
+    # error as itself
+    from torch.utils.data import DataLoader
+
+    def fails(self):
+        raise error("while the iterator was being made")
+
+    monkeypatch.setattr(DataLoader, "__iter__", fails)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(error) as raised:
+        train_run("vae", "digits", tmp_path / "r", SMALL, _cfg(), limit=200)
+    if error is ValueError:
+        assert str(raised.value) == "while the iterator was being made"
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert not (tmp_path / "r" / "train.lock").exists()
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
 def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(tmp_path):
     out = tmp_path / "r"
     proc = _train_process(out, "--epochs", "5", "--batch-size", "1")  # about 1400 steps an epoch

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -131,11 +132,16 @@ def fit(
         module.train()
         try:
             trainer.fit(svi, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
-        except SystemExit:
-            # Lightning turns Ctrl-C into exit(1) with SIGINT ignored; give the caller back
-            # its KeyboardInterrupt (the CLI's hint names the checkpoint) and its handler
-            signal.signal(signal.SIGINT, handler)
-            raise KeyboardInterrupt from None
+        except BaseException as raised:  # noqa: BLE001 - re-raised, unmasked
+            error = _unmasked(raised)
+            if isinstance(error, SystemExit | KeyboardInterrupt):
+                # Lightning turns Ctrl-C into exit(1) with SIGINT ignored; give the caller
+                # back its KeyboardInterrupt (the CLI's hint names the checkpoint) and handler
+                signal.signal(signal.SIGINT, handler)
+                raise KeyboardInterrupt from None
+            if error is raised:
+                raise
+            raise error.with_traceback(error.__traceback__) from None
         finally:
             module.to(device)  # Lightning's teardown moves the module to the CPU
         from .distributed import release_process_group
@@ -143,6 +149,17 @@ def fit(
         release_process_group()
     module.eval()  # scored as trained: exact discrete codes, no dropout
     return svi.history
+
+
+def _unmasked(error: BaseException) -> BaseException:
+    """The exception that stopped ``Trainer.fit``: the one ``error`` was raised over when
+    Lightning's teardown failed while handling it (its data fetcher asks the length of a
+    loader whose iterator the exception left uncreated: ``Please call iter(combined_loader)
+    first``), else ``error``."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if error.__context__ is not None and any(f.name == "_teardown" for f in frames):
+        return error.__context__
+    return error
 
 
 def resumable(run_dir: Path | None) -> Path:
