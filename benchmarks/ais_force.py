@@ -11,9 +11,12 @@
   then a no-grad full-precision pass for the densities).
 
 Best and median of ``--repeats`` calls each, then the operators of the bfloat16 force by
-their own CPU time (``torch.profiler``). Run it alone on the machine:
+their own CPU time (``torch.profiler``). Then whole AIS runs (``--steps`` temperatures, 8
+chains, bfloat16 gradients) on batches of each of ``--batches`` images: milliseconds per
+move, and per move and image. Run it alone on the machine:
 
-    .venv/bin/python benchmarks/ais_force.py [--limit 100] [--chains 10] [--repeats 40]
+    .venv/bin/python benchmarks/ais_force.py [--limit 100] [--chains 10] [--repeats 40] \
+        [--batches 50,100,200,400] [--steps 30]
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="test images")
     parser.add_argument("--chains", type=int, default=10, help="chains per image (8 + 2 tuning)")
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--batches", default="50,100,200,400", help="images per AIS batch")
+    parser.add_argument("--steps", type=int, default=30, help="AIS temperatures per run")
     args = parser.parse_args()
 
     vae = pg.load_pretrained("vae-paper")
@@ -116,6 +121,23 @@ def main() -> None:
     for e in events[:12]:
         print(f"| `{e.key}` | {e.count // 10} | {e.self_cpu_time_total / 10e3:.2f} | "
               f"{e.self_cpu_time_total / total:.0%} |")  # fmt: skip
+    by_batch(vae, [int(b) for b in args.batches.split(",")], args.steps)
+
+
+def by_batch(vae, batches: list[int], steps: int) -> None:
+    """AIS on batches of each size: the fixed cost of a leapfrog step is shared by the batch."""
+    x, _ = binarized_mnist("test", max(batches))
+    print(f"\n| images per batch | ms per move | ms per move and image | AIS T = {steps} x 8, "
+          "bfloat16 gradients |")  # fmt: skip
+    print("|---:|---:|---:|---:|")
+    ais.ais_estimate(vae.model, vae.guide, x[:10], 3, 8, seed=0, gradient_dtype=torch.bfloat16)
+    for b in batches:
+        start = time.perf_counter()
+        ais.ais_estimate(vae.model, vae.guide, x[:b], steps, 8, seed=0,
+                         gradient_dtype=torch.bfloat16)  # fmt: skip
+        seconds = time.perf_counter() - start
+        move = 1e3 * seconds / (steps - 1)
+        print(f"| {b} | {move:.1f} | {move / b:.3f} | {seconds:.2f} s |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ checkpoint, in one process: AIS at ``--ais-steps`` x ``--ais-chains`` and IW at
 ``--num-samples``, seconds per image, the NLLs and their paired difference:
 
     .venv/bin/python benchmarks/evaluation.py --speed --pretrained vae-paper --limit 200 \\
-        --batch 100 --ais-steps 1000 --ais-chains 8 --num-samples 1000 \\
+        --batch 200 --ais-steps 1000 --ais-chains 8 --num-samples 1000 \\
         --gradient-dtype bfloat16 --out results/evaluation-speed
 """
 

@@ -317,3 +317,40 @@ def test_bernoulli_force_broadcasts_and_sums_its_event_dims():
     exact = dist.Bernoulli(logits=logits).log_prob(value).sum((-2, -1))
     (expected,) = torch.autograd.grad((exact * weight).sum(), logits)
     assert torch.allclose(force, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("step_size", [0.05, 2.0])  # the default, and divergent first steps
+def test_unmasked_leapfrog_steps_are_the_masked_ones_while_every_chain_is_finite(
+    step_size, monkeypatch
+):
+    # a move masks chains per (chain, example) only once one has diverged; before that it
+    # skips the masking: the same chains, bit for bit, as masking at every step
+    from programs import LogNormalPoisson
+
+    from pyro_genmodels.infer import ais
+
+    ln = LogNormalPoisson()
+    x = torch.tensor([0.0, 3.0, 7.0, 15.0], dtype=F64).repeat(3)
+    checks = []
+    all_finite = ais._all_finite
+    monkeypatch.setattr(ais, "_all_finite", lambda *t: checks.append(all_finite(*t)) or checks[-1])
+    fast = ais_estimate(ln.model, None, x, 40, 8, seed=2, step_size=step_size)
+    assert any(checks) and not all(checks)  # moves without divergence, and moves with
+    monkeypatch.setattr(ais, "_all_finite", lambda *t: False)  # mask at every step
+    masked = ais_estimate(ln.model, None, x, 40, 8, seed=2, step_size=step_size)
+    assert torch.equal(fast.log_weights, masked.log_weights)
+    assert torch.equal(fast.acceptance_rate, masked.acceptance_rate)
+    assert torch.equal(fast.step_size, masked.step_size)
+
+
+def test_all_finite_is_false_for_any_nan_or_infinity_and_true_for_huge_finite_sums():
+    from pyro_genmodels.infer.ais import _all_finite
+
+    big = torch.full((1000,), 3e38)  # its float32 sum overflows; the float64 one does not
+    assert _all_finite(big, torch.zeros(2, 3, dtype=torch.bfloat16))
+    for bad in (math.nan, math.inf, -math.inf):
+        for dtype in (torch.float32, torch.bfloat16, F64):
+            t = torch.zeros(4, 5, dtype=dtype)
+            t[2, 3] = bad
+            assert not _all_finite(big, t)
+            assert not _all_finite(t)

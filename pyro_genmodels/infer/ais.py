@@ -361,10 +361,17 @@ def _finite(path: _Path, u: dict, grads: tuple, total: torch.Tensor | None = Non
     return ok
 
 
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    """True only if every element is finite: a sum is finite only then (it may overflow
+    when all are, a false alarm that sends the caller to the per-chain check)."""
+    return bool(torch.isfinite(sum(t.sum(dtype=torch.float64) for t in tensors)))
+
+
 def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
     """One HMC move at temperature ``beta``; returns (state, accepted (C, N)). A chain whose
     trajectory diverges (a non-finite position, gradient or density) stops at its start
-    and is rejected."""
+    and is rejected. While every chain is finite (checked by one sum a step), no chain is
+    masked: the same arithmetic as the masked steps, without their ``torch.where``."""
     r = {k: torch.randn_like(v) for k, v in state.u.items()}
     kinetic0 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
     eps = {k: spread(eps_cn, k) for k in r}
@@ -372,20 +379,28 @@ def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
     u, grad = state.u, start_grad
     r = {k: r[k] + 0.5 * eps[k] * grad[k] for k in r}
     diverged = torch.zeros_like(kinetic0, dtype=torch.bool)
-    frozen = {k: spread(diverged, k) for k in r}
+    frozen = None  # per chain, once one has diverged
     for _ in range(num_leapfrog - 1):  # inside the trajectory: full steps, forces alone
-        u = {k: torch.where(frozen[k], state.u[k], u[k] + eps[k] * r[k]) for k in r}
+        u = {k: u[k] + eps[k] * r[k] for k in r}
+        if frozen is not None:
+            u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
         grad = path.force(u, beta)
-        diverged = diverged | ~_finite(path, u, (grad,))
-        frozen = {k: spread(diverged, k) for k in r}  # never feed a non-finite state onward
-        u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
-        grad = {k: torch.where(frozen[k], start_grad[k], grad[k]) for k in r}
+        if frozen is not None or not _all_finite(*u.values(), *grad.values()):
+            diverged = diverged | ~_finite(path, u, (grad,))
+            frozen = {k: spread(diverged, k) for k in r}  # never feed a non-finite state on
+            u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
+            grad = {k: torch.where(frozen[k], start_grad[k], grad[k]) for k in r}
         r = {k: r[k] + eps[k] * grad[k] for k in r}
     # the end of the trajectory: the state with its density, and a half step
-    new = path({k: torch.where(frozen[k], state.u[k], u[k] + eps[k] * r[k]) for k in r})
+    u = {k: u[k] + eps[k] * r[k] for k in r}
+    if frozen is not None:
+        u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
+    new = path(u)
     total = new.log_q + new.log_p + new.log_jac
-    diverged = diverged | ~_finite(path, new.u, (new.grad_q, new.grad_p), total)
-    new = state.where(~diverged, new, spread)
+    if frozen is not None or not _all_finite(total, *new.u.values(), *new.grad_q.values(),
+                                             *new.grad_p.values()):  # fmt: skip
+        diverged = diverged | ~_finite(path, new.u, (new.grad_q, new.grad_p), total)
+        new = state.where(~diverged, new, spread)
     grad = new.grad(beta)
     r = {k: r[k] + 0.5 * eps[k] * grad[k] for k in r}
     kinetic1 = sum(path.per_chain(k, 0.5 * v**2) for k, v in r.items())
