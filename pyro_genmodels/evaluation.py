@@ -361,6 +361,9 @@ def summarize_evaluation(module, batches: list[dict], seconds: float, config: Ev
         "exact": not has_latent,
         "nll_offset": offset,
         "seconds": seconds,
+        # with the seed, what fixes each image's random stream (batch b: (seed, b))
+        "batch_size": len(batches[0]["lm"]),
+        "seed": int(config.seed),
     }
     if config.method == "ais":
         result.update(ais_steps=int(config.ais_steps), ais_chains=int(config.ais_chains),

@@ -181,6 +181,9 @@ def _card(
         else:
             cmd = f"pyro-genmodels evaluate {name} --num-samples {e['num_samples']}"
             cmd += f" --split {e['split']}{which}"
+            # the random stream of each image (recorded since 2026-12-07)
+            cmd += "".join(f" --{k.replace('_', '-')} {e[k]}" for k in ("batch_size", "seed")
+                           if e.get(k) is not None and (k, e[k]) != ("seed", 0))  # fmt: skip
             figures = (f"(K = {e['num_samples']}, {images}), ELBO {e['elbo']:.2f}, KL "
                        f"{e['kl']:.2f}, PSIS k mean {e['psis_khat_mean']:.2f}")  # fmt: skip
         lines += [

@@ -486,13 +486,15 @@ def test_a_pixelvae_ships_with_its_importance_sampled_figure(tmp_path, monkeypat
                                  "hidden_channels": 4, "num_layers": 2, "kernel_size": 5,
                                  "context": "vector", "context_dim": 4},
                    train_config={"epochs": 1, "batch_size": 128, "progress": False})  # fmt: skip
-    code, _, err = run(capsys, "evaluate", out, "--num-samples", 10, "--json",
-                       tmp_path / "e.json", "--no-progress")  # fmt: skip
+    code, _, err = run(capsys, "evaluate", out, "--num-samples", 10, "--batch-size", 7, "--seed",
+                       3, "--json", tmp_path / "e.json", "--no-progress")  # fmt: skip
     assert code == 0, err
     pretrained.export_pretrained(out, "pv", tmp_path / "e.json", out_dir=tmp_path / "pretrained")
     card = (tmp_path / "pretrained" / "pv" / "README.md").read_text()
     result = json.loads((tmp_path / "e.json").read_text())
-    assert "pyro-genmodels evaluate pv --num-samples 10 --split test\n" in card
+    # the batch size and the seed fix every image's random stream: the card repeats them
+    cmd = "pyro-genmodels evaluate pv --num-samples 10 --split test --batch-size 7 --seed 3\n"
+    assert cmd in card
     assert f"NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f} nats (K = 10, " in card
     assert f"KL {result['kl']:.2f}, PSIS k mean {result['psis_khat_mean']:.2f}" in card
     x = runs.load_run(out).dataset("test", limit=50).fixed()
@@ -503,10 +505,11 @@ def test_a_pixelvae_ships_with_its_importance_sampled_figure(tmp_path, monkeypat
         torch.manual_seed(5)
         estimates.append(log_marginal(module.model, module.guide, x, 20))
     torch.testing.assert_close(estimates[1], estimates[0], rtol=0, atol=0)
-    code, _, err = run(capsys, "evaluate", "pv", "--num-samples", 10, "--json",
-                       tmp_path / "again.json", "--no-progress")  # fmt: skip
+    code, _, err = run(capsys, *cmd.split()[1:], "--json", tmp_path / "again.json",
+                       "--no-progress")  # fmt: skip
     assert code == 0, err
-    assert json.loads((tmp_path / "again.json").read_text())["nll"] == result["nll"]
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["per_image_nll"] == result["per_image_nll"] and again["nll"] == result["nll"]
 
 
 def test_the_card_takes_training_settings_from_the_run_when_best_pt_predates_them(shipped):
@@ -673,13 +676,15 @@ def test_shipped_checkpoints_are_listed_with_their_cards():
             assert "(exact, 10000 test images)" in card and "best validation NLL" in card
             assert type(module).__name__ == "GatedPixelCNN" and result["num_examples"] == 10000
         elif type(module).__name__ == "PixelVAE":  # K = 1000 on a fixed random subset
-            cmd = f"pyro-genmodels evaluate {name} --num-samples 1000 --split test --subset 2000\n"
+            cmd = (f"pyro-genmodels evaluate {name} --num-samples 1000 --split test --subset 2000 "
+                   "--batch-size 10\n")  # fmt: skip
             assert cmd in card and "a fixed random subset of 2000 test images" in card
             assert (result["num_samples"], result["num_examples"]) == (1000, 2000)
             assert len(result["per_image_nll"]) == 2000 and "best validation ELBO" in card
         else:
             assert result["num_examples"] == 10000
-            assert f"pyro-genmodels evaluate {name} --num-samples 5000 --split test" in card
+            cmd = f"evaluate {name} --num-samples 5000 --split test --batch-size 100\n"
+            assert cmd in card and (result["batch_size"], result["seed"]) == (100, 0)
             assert result["num_samples"] == 5000 and "best validation ELBO" in card
             assert module.config_dict()["latent_dim"] == 40
 
