@@ -380,10 +380,13 @@ def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
     r = {k: r[k] + 0.5 * eps[k] * grad[k] for k in r}
     diverged = torch.zeros_like(kinetic0, dtype=torch.bool)
     frozen = None  # per chain, once one has diverged
-    for _ in range(num_leapfrog - 1):  # inside the trajectory: full steps, forces alone
+
+    def drift(u):  # a full position step; a diverged chain stays at its start
         u = {k: u[k] + eps[k] * r[k] for k in r}
-        if frozen is not None:
-            u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
+        return u if frozen is None else {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
+
+    for _ in range(num_leapfrog - 1):  # inside the trajectory: full steps, forces alone
+        u = drift(u)
         grad = path.force(u, beta)
         if frozen is not None or not _all_finite(*u.values(), *grad.values()):
             diverged = diverged | ~_finite(path, u, (grad,))
@@ -392,10 +395,7 @@ def _hmc_move(path: _Path, state: _State, beta, eps_cn, num_leapfrog, spread):
             grad = {k: torch.where(frozen[k], start_grad[k], grad[k]) for k in r}
         r = {k: r[k] + eps[k] * grad[k] for k in r}
     # the end of the trajectory: the state with its density, and a half step
-    u = {k: u[k] + eps[k] * r[k] for k in r}
-    if frozen is not None:
-        u = {k: torch.where(frozen[k], state.u[k], u[k]) for k in r}
-    new = path(u)
+    new = path(drift(u))
     total = new.log_q + new.log_p + new.log_jac
     if frozen is not None or not _all_finite(total, *new.u.values(), *new.grad_q.values(),
                                              *new.grad_p.values()):  # fmt: skip

@@ -141,7 +141,7 @@ def fit(
                 raise KeyboardInterrupt from None
             if error is raised:
                 raise
-            raise error.with_traceback(error.__traceback__) from None
+            raise error from None  # its own traceback, without Lightning's teardown
         finally:
             module.to(device)  # Lightning's teardown moves the module to the CPU
         from .distributed import release_process_group
