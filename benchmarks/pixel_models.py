@@ -11,7 +11,8 @@ draw 16 samples of 28x28 (the default, cached sampler; see benchmarks/sampling.p
 (``torch.compile`` of the network), each in float32 and under ``precision="bf16-mixed"``
 (CPU autocast; validation and evaluation stay in float32), in the same process, over the
 same images: s/epoch of the second epoch (the first holds the compilation) and the train
-loss after it, then where the eager step spends its time (profile):
+loss after it, the two eager settings again on one thread (``torch.set_num_threads(1)``),
+then where the eager step spends its time (profile):
 
     .venv/bin/python benchmarks/pixel_models.py --speed --limit 10000 [--models pixelcnn]
     .venv/bin/python benchmarks/pixel_models.py --speed --limit 1000 --preset gated-pixelcnn-mnist
@@ -64,10 +65,16 @@ def speed(args) -> None:
     rows = (("eager, float32 (default)", False, "32"), ("torch.compile (--compile)", True, "32"),
             ("eager, --precision bf16-mixed", False, "bf16-mixed"),
             ("torch.compile, bf16-mixed", True, "bf16-mixed"))  # fmt: skip
-    for label, compiled, precision in rows:
+    threads = torch.get_num_threads()
+    if threads > 1:  # the eager settings again on one thread: what the second thread buys
+        rows += (("eager, float32, 1 thread", False, "32", 1),
+                 ("eager, bf16-mixed, 1 thread", False, "bf16-mixed", 1))  # fmt: skip
+    for label, compiled, precision, *nthreads in rows:
         config = TrainConfig(epochs=2, batch_size=args.batch_size, progress=False,
                              compile=compiled, precision=precision)  # fmt: skip
+        torch.set_num_threads(nthreads[0] if nthreads else threads)
         metrics = fit(build(), train, config=config)
+        torch.set_num_threads(threads)
         second = metrics[1]["seconds"]
         base = base or second
         print(f"| {label} | {second:.1f} | {metrics[0]['seconds']:.1f} | {base / second:.2f}x "
