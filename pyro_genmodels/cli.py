@@ -717,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
             partial = _partial_path(Path(args.json))
             if partial.is_file():
                 hint = f"; the batches done are in {partial}: the same command continues from them"
-        print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line, not one per DDP process
+            print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         if os.environ.get("PYRO_GENMODELS_DEBUG"):

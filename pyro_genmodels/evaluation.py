@@ -396,8 +396,8 @@ def evaluate_images_distributed(
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
     from torch.utils.data import DataLoader
 
-    from .infer.distributed import BatchEvaluator, release_process_group
-    from .infer.train import quiet_lightning
+    from .infer.distributed import BatchEvaluator
+    from .infer.train import lightning_errors, quiet_lightning
 
     size = _batch_size(module, x, config)
     batches = [(i // size, i, x[i : i + size]) for i in range(0, len(x), size)]
@@ -417,8 +417,8 @@ def evaluate_images_distributed(
             module, lambda net, b: evaluate_batch(net, b[2], b[0], config, example_offset=b[1])
         )
         start = time.perf_counter()
-        trainer.predict(evaluator, loader, return_predictions=False)
-        release_process_group()
+        with lightning_errors(trainer):
+            trainer.predict(evaluator, loader, return_predictions=False)
     if trainer.global_rank != 0:
         return None
     return summarize_evaluation(module, evaluator.results, time.perf_counter() - start, config)

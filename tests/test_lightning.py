@@ -73,6 +73,78 @@ def test_distributed_evaluate_equals_single_process_image_by_image(tmp_path):
         assert dist[key] == pytest.approx(single[key], rel=1e-12), key
 
 
+def _ctrl_c_when(ready, *argv, timeout=120):
+    """The CLI in a session of its own; once ``ready(proc)``, a Ctrl-C as a terminal sends
+    it (SIGINT to every process of the group). Returns the exit status and stderr after
+    every process of the group has ended."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "pyro_genmodels.cli", *map(str, argv)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + timeout
+        while not ready(proc) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=timeout)
+        while time.time() < deadline:  # the group is empty: no process was left behind
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("a process of the run outlived the Ctrl-C")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, err
+
+
+def _launched_a_process(proc) -> bool:
+    """Whether ``proc`` has a child running the CLI (the second process Lightning launches;
+    other children, such as ``ldconfig`` while torch loads, do not count)."""
+    try:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = f.read().split()
+        for child in children:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"pyro_genmodels.cli" in f.read():
+                    return True
+    except FileNotFoundError:  # not started yet, or a child already gone
+        pass
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_two_process_run_with_one_line(tmp_path):
+    """A Ctrl-C reaches every process of a DDP run (as from a terminal): the run stops with
+    the one line, once (not once per process), exit status 130, no process left behind, the
+    lock released; also while the second process is still starting."""
+    from pyro_genmodels.cli import EXIT_INTERRUPTED
+
+    out = tmp_path / "r"
+    assert cli("train", *SMALL, "--epochs", 1, "--out", out).returncode == 0
+    # while the second process starts (Lightning has launched it: it is a child of the first)
+    evaluate = ("evaluate", out, "--devices", 2, "--device", "cpu", "--method", "ais",
+                "--ais-steps", 5000, "--no-progress")  # fmt: skip
+    code, err = _ctrl_c_when(_launched_a_process, *evaluate)
+    assert (code, err.strip().splitlines()) == (EXIT_INTERRUPTED, ["pyro-genmodels: interrupted"])
+    # in the middle of training (the lock is taken once every process has joined)
+    more = ("train", "--resume", "--out", out, "--epochs", 500, "--devices", 2, "--strategy",
+            "ddp", "--accelerator", "cpu", "--no-progress")  # fmt: skip
+    code, err = _ctrl_c_when(lambda _: (out / "train.lock").exists(), *more)
+    assert code == EXIT_INTERRUPTED, err
+    assert err.strip().splitlines() == [
+        f"pyro-genmodels: interrupted; the last complete epoch is checkpointed in {out} "
+        "(continue with --resume)"
+    ]
+    assert not (out / "train.lock").exists()
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_and_loses_at_most_that_epoch(tmp_path):
     out = tmp_path / "r"

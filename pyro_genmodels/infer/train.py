@@ -71,6 +71,10 @@ def quiet_lightning():
             warnings.filterwarnings("ignore", message="You defined a `validation_step` but")
             # checkpoint.pt and best.pt are rewritten in place every epoch, by design
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not")
+            # the epoch's values are torchmetrics' sums over all processes already
+            warnings.filterwarnings("ignore", message="It is recommended to use `self.log\\(")
+            # evaluate's predict loop keeps its results in the module, returning None
+            warnings.filterwarnings("ignore", message="predict returned None if it was on")
             yield
     finally:
         for n, level in levels.items():
@@ -128,27 +132,63 @@ def fit(
             pyro.set_rng_seed(config.seed)
         data = SVIData(train_data, valid_data, config.batch_size, config.valid_batch_size,
                        config.seed)  # fmt: skip
-        handler = signal.getsignal(signal.SIGINT)
         module.train()
         try:
-            trainer.fit(svi, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
-        except BaseException as raised:  # noqa: BLE001 - re-raised, unmasked
-            error = _unmasked(raised)
-            if isinstance(error, SystemExit | KeyboardInterrupt):
-                # Lightning turns Ctrl-C into exit(1) with SIGINT ignored; give the caller
-                # back its KeyboardInterrupt (the CLI's hint names the checkpoint) and handler
-                signal.signal(signal.SIGINT, handler)
-                raise KeyboardInterrupt from None
-            if error is raised:
-                raise
-            raise error from None  # its own traceback, without Lightning's teardown
+            with lightning_errors(trainer):
+                trainer.fit(svi, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
         finally:
             module.to(device)  # Lightning's teardown moves the module to the CPU
-        from .distributed import release_process_group
-
-        release_process_group()
     module.eval()  # scored as trained: exact discrete codes, no dropout
     return svi.history
+
+
+@contextlib.contextmanager
+def lightning_errors(trainer):
+    """Around a call of ``trainer`` (``fit``, ``predict``), in every process of the run.
+
+    - Ctrl-C, which Lightning turns into ``exit(1)`` with SIGINT ignored, comes back as
+      ``KeyboardInterrupt`` with the caller's SIGINT handler (the CLI's one line names what
+      was saved); an error that Lightning's teardown masked comes back as itself.
+    - A Ctrl-C in a terminal reaches every process of a multi-process run. The processes
+      Lightning launches never see it (:class:`~.distributed.HeldInterrupt`; one pressed
+      while they start is raised once all have joined the run): the first process stops
+      them (Lightning kills them), and then Lightning's observer of those processes, which
+      kills the first one too (SIGKILL) when it sees them gone, is given none to watch.
+    - The process leaves the distributed run at the end (Lightning keeps its process group),
+      waiting for the others only when the call succeeded.
+    """
+    from .distributed import HeldInterrupt, release_process_group
+
+    handler = signal.getsignal(signal.SIGINT)
+    held = HeldInterrupt()
+    if trainer.local_rank > 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    elif hasattr(trainer.strategy.launcher, "procs") and trainer.world_size > 1:
+        held.hold()  # until every process has joined
+        trainer.callbacks.append(held)
+    try:
+        yield
+    except BaseException as raised:  # noqa: BLE001 - re-raised, unmasked
+        children = getattr(trainer.strategy.launcher, "procs", None)
+        if children:  # Lightning kills them on Ctrl-C only; on an error they would hang
+            for child in children:
+                child.kill()
+                child.wait()
+            children.clear()
+        release_process_group(wait=False)
+        error = _unmasked(raised)
+        if isinstance(error, SystemExit | KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if error is raised:
+            raise
+        raise error from None  # its own traceback, without Lightning's teardown
+    else:
+        release_process_group()
+    finally:
+        held.release(raise_pressed=False)
+        signal.signal(signal.SIGINT, handler)
+        if held in trainer.callbacks:
+            trainer.callbacks.remove(held)
 
 
 def _unmasked(error: BaseException) -> BaseException:
