@@ -170,7 +170,7 @@ def lightning_errors(trainer):
         yield
     except BaseException as raised:  # noqa: BLE001 - re-raised, unmasked
         children = getattr(trainer.strategy.launcher, "procs", None)
-        if children:  # Lightning kills them on Ctrl-C only; on an error they would hang
+        if children:  # Lightning kills them on Ctrl-C only (on an error they fail on their own)
             for child in children:
                 child.kill()
                 child.wait()
