@@ -477,13 +477,14 @@ def _summary(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import EvalConfig, evaluate_run
+    from .evaluation import EvalConfig, evaluate_run, partial_files
 
     json_path = _writable_output(args.json) if args.json else None  # fail before the work
     config, run, data = _options(args, EvalConfig)
     _warn_if_training(args.run_dir)
-    partial = _partial_path(json_path) if json_path and config.devices == 1 else None
-    if partial is not None and partial.is_file():
+    partial = _partial_path(json_path) if json_path else None
+    first = os.environ.get("LOCAL_RANK", "0") == "0"  # of the processes of this machine
+    if partial is not None and first and partial_files(partial):
         print(f"pyro-genmodels: continuing from {partial} (the batches it holds of this same "
               "evaluation; a file from another is replaced)", file=sys.stderr)  # fmt: skip
     result = evaluate_run(args.run_dir, config, run, data, partial=partial)
@@ -714,8 +715,10 @@ def main(argv: list[str] | None = None) -> int:
                 else "; no epoch was complete, nothing was saved"
             )
         elif args.command == "evaluate" and args.json:
+            from .evaluation import partial_files
+
             partial = _partial_path(Path(args.json))
-            if partial.is_file():
+            if partial_files(partial):
                 hint = f"; the batches done are in {partial}: the same command continues from them"
         if os.environ.get("LOCAL_RANK", "0") == "0":  # one line, not one per DDP process
             print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)

@@ -10,6 +10,7 @@ the functions take the dataclass or its fields as keywords. :class:`RunOptions`
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -255,8 +256,8 @@ def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None,
     :param config: an :class:`EvalConfig`; ``overrides`` replace its fields
         (``evaluate_images(vae, x, num_samples=1000)``).
     :param partial: a file where the per-batch results are kept as they come
-        (:class:`PartialEvaluation`): the same evaluation, interrupted, continues from it;
-        it is removed at the end. One process only (not with ``devices > 1``).
+        (:class:`PartialEvaluation`): the same evaluation, interrupted, continues from it
+        (in one process or in several); it is removed at the end.
     :returns: the contract's keys (``nll``, ``elbo``, ``bits_per_dim``, ``num_samples``,
         ``num_examples``, ``psis_khat_mean``, ``psis_khat_max``) plus ``kl``, the standard
         error of ``nll``, the share of examples with k > 0.7, the mean ESS, ``active_units``
@@ -266,13 +267,11 @@ def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None,
     """
     config = _config(EvalConfig, config, overrides)
     if config.devices > 1:
-        if partial:
-            raise ValueError("an evaluation sharded over processes keeps no partial results")
         accelerator = "gpu" if module.device.type == "cuda" else "cpu"
-        return evaluate_images_distributed(module, x, config, accelerator)
+        return evaluate_images_distributed(module, x, config, accelerator, partial=partial)
     size = _batch_size(module, x, config)
     saved = PartialEvaluation(partial, module, x, size, config) if partial else None
-    batches = saved.batches if saved else []
+    batches = saved.done if saved else []
     done = {b["index"] for b in batches}
     start, before = time.perf_counter(), saved.seconds if saved else 0.0
     for i in tqdm(range(0, len(x), size), desc="evaluate", disable=not config.progress,
@@ -288,16 +287,31 @@ def evaluate_images(module, x: torch.Tensor, config: EvalConfig | None = None,
     return result
 
 
+def partial_files(path: str | Path) -> list[Path]:
+    """``path`` and the files ``path.rankR`` of the other processes of an evaluation sharded
+    over processes (:class:`PartialEvaluation`), those that exist."""
+    path = Path(path)
+    others = sorted(path.parent.glob(glob.escape(path.name) + ".rank*"))
+    return [f for f in [path, *others] if f.is_file()]
+
+
 class PartialEvaluation:
     """The per-batch results of an evaluation kept in a file as they come (atomically, after
     each batch), so that the same evaluation interrupted (Ctrl-C, kill -9) continues where
     it stopped. The file holds a digest of what the results depend on (the module's weights,
     the images, the batch size, the estimator's settings and the kind of device): a file from
     another evaluation is not used, and is replaced.
+
+    Process ``rank`` of an evaluation sharded over processes keeps its batches in
+    ``PATH.rankR`` (``PATH`` itself for rank 0). The batches done (``done``) are those of
+    every such file of this evaluation, whichever number of processes wrote them, so an
+    evaluation continues in one process or in several.
     """
 
-    def __init__(self, path, module, x: torch.Tensor, batch_size: int, config: EvalConfig):
-        self.path = Path(path)
+    def __init__(self, path, module, x: torch.Tensor, batch_size: int, config: EvalConfig,
+                 rank: int = 0):  # fmt: skip
+        self.base = base = Path(path)
+        self.path = base if rank == 0 else base.with_name(f"{base.name}.rank{rank}")
         settings = dataclasses.asdict(config)
         for key in ("progress", "devices", "disentanglement", "intervention_points"):
             settings.pop(key)  # how it runs, or what is computed after the batches
@@ -307,20 +321,38 @@ class PartialEvaluation:
             if isinstance(t, torch.Tensor):  # as bytes, whatever the dtype
                 digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
         self.key = digest.hexdigest()
-        self.batches, self.seconds = [], 0.0
-        if self.path.is_file():
-            try:
-                saved = torch.load(self.path, weights_only=True)
-            except Exception:  # noqa: BLE001 - a truncated or foreign file: start over
-                saved = {}
-            if isinstance(saved, dict) and saved.get("key") == self.key:
-                self.batches, self.seconds = list(saved["batches"]), float(saved["seconds"])
+        self.batches, self.seconds, done = [], 0.0, {}
+        for file in partial_files(base):
+            saved = self._load(file)
+            for batch in saved.get("batches", []):
+                done[batch["index"]] = batch
+            if file == self.path:
+                self.batches = list(saved.get("batches", []))
+            self.seconds = max(self.seconds, float(saved.get("seconds", 0.0)))  # wall time
+        self.done = list(done.values())
+
+    def _load(self, file: Path) -> dict:
+        if not file.is_file():
+            return {}
+        try:
+            saved = torch.load(file, weights_only=True)
+        except Exception:  # noqa: BLE001 - a truncated or foreign file: start over
+            return {}
+        return saved if isinstance(saved, dict) and saved.get("key") == self.key else {}
 
     def save(self, batches: list[dict], seconds: float) -> None:
+        self.batches = batches
         save_atomic({"key": self.key, "batches": batches, "seconds": seconds}, self.path)
 
+    def record(self, batch: dict, seconds: float) -> dict:
+        """Keep one more batch of this process; returns it."""
+        self.save([*self.batches, batch], seconds)
+        return batch
+
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the files of every process (once they have all finished)."""
+        for file in partial_files(self.base):
+            file.unlink(missing_ok=True)
 
 
 def _batch_size(module, x: torch.Tensor, config: EvalConfig) -> int:
@@ -386,12 +418,18 @@ def summarize_evaluation(module, batches: list[dict], seconds: float, config: Ev
 
 
 def evaluate_images_distributed(
-    module, x: torch.Tensor, config: EvalConfig, accelerator: str = "cpu", num_nodes: int = 1
+    module,
+    x: torch.Tensor,
+    config: EvalConfig,
+    accelerator: str = "cpu",
+    num_nodes: int = 1,
+    partial: str | Path | None = None,
 ) -> dict | None:
     """:func:`evaluate_images` sharded over ``config.devices`` processes (DDP through
-    Lightning): process r takes batches r, r + P, ...; the per-batch results are gathered on
-    rank 0, which returns the summary (the other processes return None). Each batch draws
-    from its own stream, so every image gets the same estimate as in one process."""
+    Lightning): process r takes batches r, r + P, ... of those not done yet (``partial``:
+    see :class:`PartialEvaluation`); the per-batch results are gathered on rank 0, which
+    returns the summary (the other processes return None). Each batch draws from its own
+    stream, so every image gets the same estimate as in one process."""
     import lightning.pytorch as pl
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
     from torch.utils.data import DataLoader
@@ -400,7 +438,6 @@ def evaluate_images_distributed(
     from .infer.train import lightning_errors, quiet_lightning
 
     size = _batch_size(module, x, config)
-    batches = [(i // size, i, x[i : i + size]) for i in range(0, len(x), size)]
     with quiet_lightning():
         trainer = pl.Trainer(
             accelerator=accelerator, devices=config.devices, num_nodes=num_nodes,
@@ -408,20 +445,32 @@ def evaluate_images_distributed(
             enable_progress_bar=config.progress, use_distributed_sampler=False,
             inference_mode=False,
         )  # fmt: skip
+        # every process reads the files before any writes (they write after Lightning's setup)
+        saved = partial and PartialEvaluation(partial, module, x, size, config, trainer.global_rank)
+        done = {b["index"] for b in saved.done} if saved else set()
+        batches = [(i // size, i, x[i : i + size]) for i in range(0, len(x), size)
+                   if i // size not in done]  # fmt: skip
         loader = DataLoader(
             batches, batch_size=None, collate_fn=lambda b: b,
             sampler=UnrepeatedDistributedSampler(batches, trainer.world_size, trainer.global_rank,
                                                  shuffle=False),
         )  # fmt: skip
-        evaluator = BatchEvaluator(
-            module, lambda net, b: evaluate_batch(net, b[2], b[0], config, example_offset=b[1])
-        )
-        start = time.perf_counter()
+        start, before = time.perf_counter(), saved.seconds if saved else 0.0
+
+        def evaluate(net, b):
+            result = evaluate_batch(net, b[2], b[0], config, example_offset=b[1])
+            return saved.record(result, before + time.perf_counter() - start) if saved else result
+
+        evaluator = BatchEvaluator(module, evaluate)
         with lightning_errors(trainer):
             trainer.predict(evaluator, loader, return_predictions=False)
     if trainer.global_rank != 0:
         return None
-    return summarize_evaluation(module, evaluator.results, time.perf_counter() - start, config)
+    results = (saved.done if saved else []) + evaluator.results
+    summary = summarize_evaluation(module, results, before + time.perf_counter() - start, config)
+    if saved:
+        saved.remove()
+    return summary
 
 
 def evaluate_run(
@@ -457,7 +506,8 @@ def evaluate_run(
     loaded = load_run(run_dir, device, run.checkpoint)
     images = data.images(loaded)
     if config.devices > 1:
-        result = evaluate_images_distributed(loaded.module, images.fixed(), config, accelerator)
+        result = evaluate_images_distributed(loaded.module, images.fixed(), config, accelerator,
+                                             partial=partial)  # fmt: skip
         if result is None:
             return None  # not rank 0
     else:

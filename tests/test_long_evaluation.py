@@ -141,3 +141,55 @@ def test_a_partial_file_of_another_evaluation_is_replaced(vae_run, tmp_path, mon
     code, _, err = run(capsys, *args, tmp_path / "junk.json", "--num-samples", 8)
     assert code == 0 and seen == [0, 1, 2, 3, 4], err
     assert json.loads((tmp_path / "junk.json").read_text())["nll"] == fresh["nll"]
+
+
+def _interrupted_after_three_batches(vae_run, report, monkeypatch, capsys, args):
+    _counting(monkeypatch, stop_at=3)
+    code, _, _ = run(capsys, *args, report)
+    assert code == EXIT_INTERRUPTED
+    monkeypatch.setattr(evaluation, "evaluate_batch", REAL_BATCH)
+    return torch.load(report.with_name(report.name + ".partial"))
+
+
+def test_a_sharded_evaluation_continues_in_one_process(vae_run, tmp_path, monkeypatch, capsys):
+    """Process r of an evaluation over several keeps its batches in FILE.partial.rankR: one
+    process continues from all of them (a foreign one is ignored) and removes them."""
+    args = ["evaluate", vae_run, "--num-samples", 16, "--limit", 50, "--batch-size", 10,
+            "--no-progress", "--json"]  # fmt: skip
+    whole = evaluation.evaluate_run(vae_run, num_samples=16, limit=50, batch_size=10,
+                                    progress=False)  # fmt: skip
+    report = tmp_path / "r.json"
+    saved = _interrupted_after_three_batches(vae_run, report, monkeypatch, capsys, args)
+    first, second = tmp_path / "r.json.partial", tmp_path / "r.json.partial.rank1"
+    batches = saved["batches"]  # as if two processes had done batches 0, 2 and 1
+    torch.save({**saved, "batches": [batches[0], batches[2]]}, first)
+    torch.save({**saved, "batches": [batches[1]], "seconds": 1.0}, second)
+    foreign = tmp_path / "r.json.partial.rank2"
+    torch.save({**saved, "key": "another evaluation"}, foreign)
+    seen = _counting(monkeypatch)
+    code, _, err = run(capsys, *args, report)
+    assert code == 0 and seen == [3, 4], err
+    assert json.loads(report.read_text())["per_image_nll"] == whole["per_image_nll"]
+    assert not any(f.exists() for f in (first, second, foreign))
+
+
+@pytest.mark.slow
+def test_an_evaluation_continues_over_two_processes(vae_run, tmp_path, monkeypatch, capsys):
+    """Interrupted in one process, continued with --devices 2: the per-image figures of one
+    uninterrupted process, and no partial file of either process left."""
+    from test_lightning import cli
+
+    args = ["evaluate", vae_run, "--num-samples", 16, "--limit", 50, "--batch-size", 10,
+            "--no-progress", "--json"]  # fmt: skip
+    whole = evaluation.evaluate_run(vae_run, num_samples=16, limit=50, batch_size=10,
+                                    progress=False)  # fmt: skip
+    report = tmp_path / "r.json"
+    _interrupted_after_three_batches(vae_run, report, monkeypatch, capsys, args)
+    done = cli(*args[:-1], "--devices", 2, "--device", "cpu", "--json", report)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("continuing from") == 1  # once, not once per process
+    result = json.loads(report.read_text())
+    # the continued batches ran with one thread a process: the last digits of a sum differ
+    torch.testing.assert_close(torch.tensor(result["per_image_nll"]),
+                               torch.tensor(whole["per_image_nll"]), rtol=1e-5, atol=0)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
