@@ -483,8 +483,7 @@ def cmd_evaluate(args) -> int:
     config, run, data = _options(args, EvalConfig)
     _warn_if_training(args.run_dir)
     partial = _partial_path(json_path) if json_path else None
-    first = os.environ.get("LOCAL_RANK", "0") == "0"  # of the processes of this machine
-    if partial is not None and first and partial_files(partial):
+    if partial is not None and _first_process() and partial_files(partial):
         print(f"pyro-genmodels: continuing from {partial} (the batches it holds of this same "
               "evaluation; a file from another is replaced)", file=sys.stderr)  # fmt: skip
     result = evaluate_run(args.run_dir, config, run, data, partial=partial)
@@ -493,6 +492,12 @@ def cmd_evaluate(args) -> int:
     print(_summary(result))
     _write_json(result, json_path)
     return 0
+
+
+def _first_process() -> bool:
+    """Whether this is the first process of a multi-process run on this machine (or no such
+    run): the one that reports."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def _partial_path(json_path: Path) -> Path:
@@ -720,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             partial = _partial_path(Path(args.json))
             if partial_files(partial):
                 hint = f"; the batches done are in {partial}: the same command continues from them"
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line, not one per DDP process
+        if _first_process():  # one line, not one per DDP process
             print(f"pyro-genmodels: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - every failure becomes one line

@@ -332,11 +332,9 @@ class PartialEvaluation:
         self.done = list(done.values())
 
     def _load(self, file: Path) -> dict:
-        if not file.is_file():
-            return {}
         try:
             saved = torch.load(file, weights_only=True)
-        except Exception:  # noqa: BLE001 - a truncated or foreign file: start over
+        except Exception:  # noqa: BLE001 - a truncated, foreign or vanished file: start over
             return {}
         return saved if isinstance(saved, dict) and saved.get("key") == self.key else {}
 

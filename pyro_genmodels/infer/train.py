@@ -169,10 +169,11 @@ def lightning_errors(trainer):
     try:
         yield
     except BaseException as raised:  # noqa: BLE001 - re-raised, unmasked
-        children = getattr(trainer.strategy.launcher, "procs", None)
+        launcher = trainer.strategy.launcher
+        children = getattr(launcher, "procs", None)
         if children:  # Lightning kills them on Ctrl-C only (on an error they fail on their own)
+            launcher.kill(signal.SIGKILL)
             for child in children:
-                child.kill()
                 child.wait()
             children.clear()
         release_process_group(wait=False)
