@@ -13,8 +13,9 @@ posterior and decoder modules and the same batches:
 * **PyTorch**: a hand-written PyTorch ELBO step with fused Adam (no Pyro at all), same loader.
 
 Every time is the interval between consecutive steps, so fetching the batch is inside it.
-The mean-field rows run twice: with the library's ``MeanFieldELBO`` and with Pyro's own
-``TraceMeanField_ELBO`` class in its place (the hand-written loop runs under Pyro's
+Each objective runs twice: with the library's classes (``TraceELBO``, ``MeanFieldELBO``:
+no read of the loss back to the host) and with Pyro's own ``Trace_ELBO`` and
+``TraceMeanField_ELBO`` in their place (the hand-written loop runs under Pyro's
 validation, where the two are the same code).
 
 Blocks of steps alternate (Lightning, loop, PyTorch, twice) in one process; prints median
@@ -165,13 +166,16 @@ def measure(objective: str, batch: int, steps: int, device: torch.device, data: 
 
 
 @contextlib.contextmanager
-def pyros_meanfield(active: bool):
-    """``make_elbo("meanfield")`` as Pyro's own ``TraceMeanField_ELBO`` (the library's
-    objective before :class:`~pyro_genmodels.infer.MeanFieldELBO`) while ``active``."""
+def pyros_classes(active: bool):
+    """``make_elbo("elbo")`` and ``make_elbo("meanfield")`` as Pyro's own ``Trace_ELBO`` and
+    ``TraceMeanField_ELBO`` (the library's objectives before
+    :class:`~pyro_genmodels.infer.elbo.TraceELBO` and
+    :class:`~pyro_genmodels.infer.MeanFieldELBO`) while ``active``."""
     real = config._elbo_objectives
 
     def table():
         objectives = real()
+        objectives["elbo"] = lambda n, fb: pyro.infer.Trace_ELBO(num_particles=n)
         objectives["meanfield"] = lambda n, fb: pyro.infer.TraceMeanField_ELBO(num_particles=n)
         return objectives
 
@@ -236,15 +240,18 @@ def jit_steps(batch: int, steps: int, data: torch.Tensor) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def meanfield_passes(batch: int, rounds: int = 6, passes: int = 150) -> dict[str, float]:
-    """Median ms of one forward and backward pass of the mean-field ELBO (validation off),
-    Pyro's ``TraceMeanField_ELBO`` against ``MeanFieldELBO``, in interleaved blocks."""
+def elbo_passes(batch: int, rounds: int = 6, passes: int = 150) -> dict[str, float]:
+    """Median ms of one forward and backward pass of the ELBO (validation off): Pyro's
+    ``Trace_ELBO`` and ``TraceMeanField_ELBO`` against the library's ``TraceELBO`` and
+    ``MeanFieldELBO``, in interleaved blocks."""
     from pyro_genmodels.infer import MeanFieldELBO
+    from pyro_genmodels.infer.elbo import TraceELBO
 
     torch.manual_seed(0)
     vae = pg.create_model("vae", image_shape=(1, 28, 28), latent_dim=50)
     x = (torch.rand(batch, 1, 28, 28) < 0.3).float()
-    elbos = {"TraceMeanField_ELBO (Pyro's class)": pyro.infer.TraceMeanField_ELBO(),
+    elbos = {"Trace_ELBO (Pyro's class)": pyro.infer.Trace_ELBO(), "TraceELBO": TraceELBO(),
+             "TraceMeanField_ELBO (Pyro's class)": pyro.infer.TraceMeanField_ELBO(),
              "MeanFieldELBO": MeanFieldELBO()}  # fmt: skip
     for elbo in elbos.values():
         elbo.max_plate_nesting = 1
@@ -274,17 +281,18 @@ def main() -> None:
         help="Pyro's default module_local_params=False (the CLI and notebooks turn it on)",
     )
     parser.add_argument(
-        "--meanfield", action="store_true", help="only the mean-field ELBO's pass, batch 128"
+        "--passes", action="store_true", help="only the ELBOs' forward + backward, batch 128"
     )
     args = parser.parse_args()
     pyro.settings.set(module_local_params=not args.global_params)
-    if args.meanfield:
-        print(f"# the mean-field ELBO's forward + backward, batch 128 ({machine()})")
-        print("| ELBO | ms/pass | ratio |\n|---|---:|---:|")
-        t = meanfield_passes(128)
-        base = t["TraceMeanField_ELBO (Pyro's class)"]
+    if args.passes:
+        print(f"# the ELBO's forward + backward, batch 128 ({machine()})")
+        print("| ELBO | ms/pass | ratio to Pyro's class |\n|---|---:|---:|")
+        t = elbo_passes(128)
+        pyros = {"TraceELBO": "Trace_ELBO (Pyro's class)",
+                 "MeanFieldELBO": "TraceMeanField_ELBO (Pyro's class)"}  # fmt: skip
         for name, ms in t.items():
-            print(f"| {name} | {ms:.2f} | {ms / base:.3f} |")
+            print(f"| {name} | {ms:.2f} | {ms / t[pyros.get(name, name)]:.3f} |")
         return
     device = resolve_device(args.device)
     data, source = binarized_mnist("train", limit=20_000)
@@ -302,11 +310,12 @@ def main() -> None:
     print("| objective | batch | Lightning ms/step | hand-written loop ms/step | ratio "
           "| PyTorch ELBO ms/step | loop / PyTorch | Lightning / PyTorch |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"elbo": "Trace_ELBO", "meanfield": "TraceMeanField_ELBO (MeanFieldELBO)",
+    names = {"elbo": "Trace_ELBO (TraceELBO)", "pyro-elbo": "Trace_ELBO (Pyro's class)",
+             "meanfield": "TraceMeanField_ELBO (MeanFieldELBO)",
              "pyro-meanfield": "TraceMeanField_ELBO (Pyro's class)"}  # fmt: skip
     for objective in names:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            with pyros_meanfield(objective == "pyro-meanfield"):
+            with pyros_classes(objective.startswith("pyro-")):
                 lit, loop, plain = measure(objective.removeprefix("pyro-"), batch, args.steps,
                                            device, data)  # fmt: skip
             name = names[objective]

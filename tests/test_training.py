@@ -146,6 +146,26 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_the_rng_state_comes_back_from_a_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    from pyro_genmodels.infer.checkpoint import get_rng_state, set_rng_state
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()  # noqa: NPY002
+
+    torch.manual_seed(7)
+    np.random.seed(7)  # noqa: NPY002
+    random.seed(7)
+    save_atomic({"rng": get_rng_state(torch.device("cpu"))}, tmp_path / "rng.pt")
+    expected = draws()
+    draws()  # the RNGs move on
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"], torch.device("cpu"))
+    assert draws() == expected
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):

@@ -16,6 +16,7 @@ from .config import (
 )
 from .diagnostics import effective_sample_size, psis_khat
 from .disentangle import DIPVAE_ELBO, TCVAE_ELBO, AnnealedELBO, FactorVAE_ELBO
+from .elbo import TraceELBO, TraceEnumELBO
 from .free_bits import FreeBitsELBO
 from .importance import (
     IWEstimate,
@@ -44,6 +45,8 @@ __all__ = [
     "LatentScale",
     "MeanFieldELBO",
     "TCVAE_ELBO",
+    "TraceELBO",
+    "TraceEnumELBO",
     "TrainConfig",
     "TrainingDiverged",
     "FactorVAE_ELBO",

@@ -116,7 +116,7 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     np.random.set_state(  # noqa: NPY002
         (name, keys.numpy().astype(np.uint32), *rest)
     )
-    random.setstate(_to_tuple(state["python"]))
+    random.setstate(state["python"])
     cuda = state.get("cuda")
     if device is not None and device.type == "cuda" and isinstance(cuda, torch.Tensor):
         torch.cuda.set_rng_state(cuda.cpu(), device)
@@ -170,9 +170,3 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.file.close()  # closing releases the lock
             self.file = None
-
-
-def _to_tuple(obj: Any) -> Any:
-    if isinstance(obj, list | tuple):
-        return tuple(_to_tuple(o) for o in obj)
-    return obj

@@ -12,6 +12,7 @@ import pyro
 import torch
 from pyro.poutine.scale_messenger import ScaleMessenger
 
+from .elbo import TraceELBO, TraceEnumELBO
 from .free_bits import FreeBitsELBO
 from .hints import hint
 from .iwae import IWAE_ELBO
@@ -36,12 +37,12 @@ class LatentScale(ScaleMessenger):
 
 def _elbo_objectives() -> dict[str, Callable[..., pyro.infer.ELBO]]:
     return {
-        "elbo": lambda n, fb: pyro.infer.Trace_ELBO(num_particles=n, vectorize_particles=n > 1),
+        "elbo": lambda n, fb: TraceELBO(num_particles=n, vectorize_particles=n > 1),
         "meanfield": lambda n, fb: MeanFieldELBO(num_particles=n, vectorize_particles=n > 1),
         # the IWAE bound of Burda et al.: log (1/K) sum_k w_k over K vectorized particles
         "iwae": lambda n, fb: IWAE_ELBO(num_particles=n),
         # discrete model sites marked for enumeration are summed out exactly
-        "enum": lambda n, fb: pyro.infer.TraceEnum_ELBO(num_particles=n, vectorize_particles=n > 1),
+        "enum": lambda n, fb: TraceEnumELBO(num_particles=n, vectorize_particles=n > 1),
         # Trace_ELBO with a KL floor of free_bits nats per latent dimension
         "free-bits": lambda n, fb: FreeBitsELBO(fb, num_particles=n),
     }

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import torch
 from pyro.infer.util import torch_item
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent
+
+from .elbo import TraceELBO
 
 
 class _LossFromParticles:
@@ -62,7 +63,7 @@ def aggregate_log_q(pair: torch.Tensor, dataset_size: int) -> tuple[torch.Tensor
     return log_qz, log_marginals
 
 
-class TCVAE_ELBO(pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+class TCVAE_ELBO(TraceELBO):  # noqa: N801 (Pyro's naming)
     """The beta-TCVAE loss for a model/guide pair with one latent site whose guide
     distribution is diagonal (an ``Independent`` of a batch of univariate distributions,
     batched over the images in the data plate).
@@ -179,7 +180,7 @@ def dip_penalty(mean: torch.Tensor, covariance: torch.Tensor, variant: str,
     return lambda_od * (off**2).sum() + lambda_d * ((diagonal - 1) ** 2).sum()
 
 
-class DIPVAE_ELBO(_LossFromParticles, pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+class DIPVAE_ELBO(_LossFromParticles, TraceELBO):  # noqa: N801 (Pyro's naming)
     """DIP-VAE (Kumar et al. 2018): the negative ELBO plus N times :func:`dip_penalty` of the
     batch (N images), so that per image the penalty weighs as in disentanglement_lib, whose
     losses are batch means. One latent site, with a Gaussian guide.
@@ -221,7 +222,7 @@ def capacity_at(capacity: float, capacity_steps: float, step: int) -> float:
     return float(capacity) * min(1.0, (step + 1) / capacity_steps)
 
 
-class AnnealedELBO(_LossFromParticles, pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+class AnnealedELBO(_LossFromParticles, TraceELBO):  # noqa: N801 (Pyro's naming)
     """AnnealedVAE (Burgess et al. 2018, "Understanding disentangling in beta-VAE"): the
     reconstruction term plus ``gamma * N * |KL - C|``, where KL is the batch mean of
     KL(q(z|x) || p(z)) (analytic where torch has it, else the sample's log q - log p) and
@@ -284,7 +285,7 @@ class Discriminator(torch.nn.Module):
         return self.net(z)
 
 
-class FactorVAE_ELBO(_LossFromParticles, pyro.infer.Trace_ELBO):  # noqa: N801 (Pyro's naming)
+class FactorVAE_ELBO(_LossFromParticles, TraceELBO):  # noqa: N801 (Pyro's naming)
     """FactorVAE (Kim & Mnih 2018, "Disentangling by factorising"): the negative ELBO plus
     ``gamma`` times the discriminator's estimate of the total correlation of each image's
     z, ``logit_q(z) - logit_perm(z)`` (the density-ratio trick), and the discriminator's own

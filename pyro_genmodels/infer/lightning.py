@@ -283,8 +283,10 @@ class SVIData(pl.LightningDataModule):
         self.batch_size, self.valid_batch_size, self.seed = batch_size, valid_batch_size, seed
 
     def _loader(self, data, sampler, batch_size: int) -> DataLoader:
-        # a private generator: creating an iterator draws a seed from it, and the global RNG
-        # (checkpointed, restored on resume) must see only the model's draws
+        # batch_sampler (not sampler=BatchSampler(...), batch_size=None): Lightning's per-epoch
+        # set_epoch finds the DistributedSampler only there. A private generator: creating an
+        # iterator draws a seed from it, and the global RNG (checkpointed, restored on
+        # resume) must see only the model's draws
         return DataLoader(
             data, batch_sampler=BatchSampler(sampler, batch_size, drop_last=False),
             collate_fn=_whole, generator=torch.Generator().manual_seed(0),
