@@ -4,7 +4,9 @@
 #   2. the vae-paper recipe for a few epochs with --accelerator gpu, in 32 and bf16-mixed,
 #   3. a resume of the float32 run, then its evaluation (IW, K = 1000, 2000 test images),
 #   4. 64 samples from a Gated PixelCNN with the cached sampler,
-#   5. AIS (T = 1000 x 8 chains) and IW (K = 1000) on 100 test images, the estimators of
+#   5. the ELBO's forward and backward pass, Pyro's classes against the library's, which
+#      read nothing back to the host (benchmarks/svi_overhead.py --passes, under 60 s),
+#   6. AIS (T = 1000 x 8 chains) and IW (K = 1000) on 100 test images, the estimators of
 #      this checkout against those before issue 19 (benchmarks/evaluation.py --speed; at
 #      most 150 s, SKIP_AIS_SPEED=1 leaves it out),
 # and a table of s/epoch and s/image. Figures and logs go to OUT_DIR.
@@ -14,7 +16,7 @@
 # DATA_DIR holds binarized_mnist.npz (the layout of pyro_genmodels.data). On a machine
 # without pyro-ppl, the wheels in ./.whl are installed first. benchmarks/gpu_prepare.sh,
 # run beforehand where pip works, writes .whl, .data (the data) and .baseline (the old
-# estimators, for step 5 on a machine without .git); carry all three.
+# estimators, for step 6 on a machine without .git); carry all three.
 set -euo pipefail
 DATA=${1:?usage: gpu_check.sh DATA_DIR OUT_DIR}
 OUT=${2:?usage: gpu_check.sh DATA_DIR OUT_DIR}
@@ -59,8 +61,14 @@ t = time.perf_counter(); x = model.sample(64); torch.cuda.synchronize()
 print(f"gated-pixelcnn 64x8: 64 samples in {time.perf_counter() - t:.2f} s on {x.device}")
 EOF
 
+echo "== 5. the ELBO's forward + backward, Pyro's classes against the library's (no host reads)" \
+    | tee -a "$OUT/summary.txt"
+timeout 60 "$PY" benchmarks/svi_overhead.py --passes --device cuda > "$OUT/passes.md" 2>&1 \
+    || tail -5 "$OUT/passes.md"
+tail -5 "$OUT/passes.md" | tee -a "$OUT/summary.txt"
+
 if [ -z "${SKIP_AIS_SPEED:-}" ]; then
-echo "== 5. AIS and IW, old against new estimators, on the GPU" | tee -a "$OUT/summary.txt"
+echo "== 6. AIS and IW, old against new estimators, on the GPU" | tee -a "$OUT/summary.txt"
 timeout 150 "$PY" benchmarks/evaluation.py --speed --device cuda --pretrained vae-paper \
     --limit 100 --batch 100 --ais-steps 1000 --ais-chains 8 --num-samples 1000 \
     --out "$OUT/evaluation-speed" > "$OUT/evaluation-speed.log" 2>&1 \
