@@ -1,6 +1,7 @@
 """On a CUDA device (skipped without one; ``benchmarks/gpu_check.sh`` runs them): training
 leaves the module where it was, bf16-mixed trains, a GPU run resumes on the CPU, the cached
-sampler equals the naive one, and IW and AIS equal their CPU values."""
+sampler equals the naive one, IW and AIS equal their CPU values, and the training loss and
+its gradient make no synchronizing call."""
 
 import math
 
@@ -88,3 +89,26 @@ def test_iw_and_ais_on_cuda_equal_the_exact_value():
     torch.manual_seed(3)
     gpu = log_marginal(vae.to(CUDA).model, vae.guide, x.to(CUDA), 2000).cpu()
     assert (gpu - cpu).abs().max() < 0.2 and math.isfinite(gpu.sum().item())  # MC error only
+
+
+@pytest.mark.parametrize("objective", ["elbo", "meanfield"])
+def test_the_loss_and_its_gradient_wait_for_nothing_on_cuda(objective):
+    """With CUDA's sync debug mode set to raise, a forward and backward pass of the library's
+    ELBO (validation off, as the trainer runs it) completes; Pyro's own class raises."""
+    import pyro
+
+    from pyro_genmodels.infer import make_elbo
+
+    vae, data = _vae_and_data()
+    vae, x = vae.to(CUDA), data[:64].to(CUDA)
+    pyros = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
+    with pyro.validation_enabled(False):
+        make_elbo(objective, 1, 1).differentiable_loss(vae.model, vae.guide, x)  # warm up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            make_elbo(objective, 1, 1).differentiable_loss(vae.model, vae.guide, x).backward()
+            with pytest.raises(RuntimeError, match="synchroniz"):
+                pyros[objective]().differentiable_loss(vae.model, vae.guide, x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
