@@ -71,6 +71,27 @@ def test_the_loss_and_gradients_are_pyros(kind, particles, validate):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["reparameterized", "score-function"])
+def test_svi_steps_as_with_pyros_class(kind):
+    """``loss_and_grads`` (what ``pyro.infer.SVI`` calls) returns a float and leaves the
+    gradients that Pyro's ``Trace_ELBO`` leaves."""
+    model, guide = program(kind)
+    results = []
+    for elbo in (TraceELBO(max_plate_nesting=1), pyro.infer.Trace_ELBO(max_plate_nesting=1)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        with pyro.validation_enabled(False):
+            loss = elbo.loss_and_grads(model, guide, X)
+        grads = [pyro.param(n).unconstrained().grad for n in ("a", "scale", "b")]
+        results.append((loss, grads))
+    (loss, grads), (expected, expected_grads) = results
+    assert isinstance(loss, float) and loss == pytest.approx(expected, rel=1e-6)
+    for a, b in zip(grads, expected_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def _host_reads(monkeypatch, objective: str, images: int) -> collections.Counter:
     """Reads of a tensor's value by Python (``item``, ``bool``, ``float``, ``int``,
     ``tolist``), by place, while one epoch of batches of 8 trains a small VAE."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro.distributions.util import is_identically_zero
-from pyro.infer.util import is_validation_enabled
+from pyro.infer.util import is_validation_enabled, torch_item
 
 
 class DeviceLoss:
@@ -30,6 +30,10 @@ class DeviceLoss:
             value, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
             loss = loss + (value + (surrogate - surrogate.detach())) / self.num_particles
         return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Pyro's (``pyro.infer.SVI``'s step), a float as there."""
+        return torch_item(super().loss_and_grads(model, guide, *args, **kwargs))
 
 
 class TraceELBO(DeviceLoss, pyro.infer.Trace_ELBO):
