@@ -92,41 +92,45 @@ def test_svi_steps_as_with_pyros_class(kind):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def _host_reads(monkeypatch, objective: str, images: int) -> collections.Counter:
+def _host_reads(monkeypatch, name: str, objective: str, images: int) -> collections.Counter:
     """Reads of a tensor's value by Python (``item``, ``bool``, ``float``, ``int``,
-    ``tolist``), by place, while one epoch of batches of 8 trains a small VAE."""
+    ``tolist``) while one epoch of batches of 8 trains a small model ``name``."""
     reads = collections.Counter()
 
-    def counted(name):
-        original = getattr(torch.Tensor, name)
+    def counted(method):
+        original = getattr(torch.Tensor, method)
 
         def read(self, *args, **kwargs):
-            reads[name] += 1
+            reads[method] += 1
             return original(self, *args, **kwargs)
 
         return read
 
     torch.manual_seed(0)
-    vae = pg.create_model("vae", image_shape=(1, 4, 4), latent_dim=2, hidden_dims=(8,))
+    vae, pixels = {"latent_dim": 2, "hidden_dims": (8,)}, {"hidden_channels": 4, "num_layers": 2}
+    sizes = {"vae": vae, "gated-pixelcnn": pixels, "pixelvae": vae | pixels}[name]
+    model = pg.create_model(name, image_shape=(1, 4, 4), **sizes)
     x = torch.bernoulli(torch.full((images, 1, 4, 4), 0.4))
     floor = {"free_bits": 0.5} if objective == "free-bits" else {}
     config = TrainConfig(epochs=1, batch_size=8, progress=False, objective=objective, **floor)
     with monkeypatch.context() as patch:
-        for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
-            patch.setattr(torch.Tensor, name, counted(name))
-        fit(vae, x, x[:8], config)
+        for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+            patch.setattr(torch.Tensor, method, counted(method))
+        fit(model, x, x[:8], config)
     return reads
 
 
 @pytest.mark.parametrize(
-    "objective", ["elbo", "meanfield", "iwae", "free-bits", "beta-tcvae", "dip-vae-i",
-                  "annealed", "factor-vae"]
+    "name, objective",
+    [("vae", o) for o in ("elbo", "meanfield", "iwae", "free-bits", "beta-tcvae", "dip-vae-i",
+                          "annealed", "factor-vae")]
+    + [("gated-pixelcnn", "auto"), ("pixelvae", "auto")],
 )  # fmt: skip
-def test_a_training_step_reads_nothing_back_to_the_host(monkeypatch, objective):
+def test_a_training_step_reads_nothing_back_to_the_host(monkeypatch, name, objective):
     """An epoch of 30 steps reads as often as one of 2 (the reads are per epoch: the data
     checks, the metrics row, the finite-loss check at the epoch's last step). Pyro's own
     classes read 2-4 times per step; ``enum`` still reads in Pyro's sum over the enumerated
     values (whether a probability is zero), 3 times per step."""
-    few = _host_reads(monkeypatch, objective, 16)
-    many = _host_reads(monkeypatch, objective, 240)
+    few = _host_reads(monkeypatch, name, objective, 16)
+    many = _host_reads(monkeypatch, name, objective, 240)
     assert many == few and sum(few.values()) > 0

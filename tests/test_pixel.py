@@ -218,6 +218,8 @@ def test_bad_values_are_rejected():
     binary = make("pixelcnn", (1, 4, 4), "bernoulli")
     with pytest.raises(ValueError, match=r"binary images"):
         binary.log_prob(torch.full((2, 1, 4, 4), 0.5))
+    with pytest.raises(ValueError, match=r"binary images"):  # the distribution on its own
+        binary.distribution(None).log_prob(torch.full((2, 1, 4, 4), 0.5))
     levels = make("gated-pixelcnn", (1, 4, 4), "categorical")
     with pytest.raises(ValueError, match="integer grey levels 0..255"):
         levels.log_prob(torch.full((2, 1, 4, 4), 3.5))

@@ -174,7 +174,8 @@ class AutoregressiveImage(dist.TorchDistribution):
                 f"expected images of shape (..., {', '.join(map(str, self.event_shape))}), "
                 f"got {tuple(value.shape)}"
             )
-        self.likelihood.check_data(value)  # validation first, always: ValueError on bad data
+        if self._validate_args:  # on by default; training checks its data once, not per step
+            self.likelihood.check_data(value)  # ValueError on bad data, before any network
         has_context = self.context is not None or self.context_map is not None
         lead = torch.broadcast_shapes(value.shape[:-3], self.batch_shape if has_context else ())
         x = value.expand(lead + self.event_shape).reshape(-1, *self.event_shape)
