@@ -65,7 +65,7 @@ echo "== 5. the ELBO's forward + backward, Pyro's classes against the library's 
     | tee -a "$OUT/summary.txt"
 timeout 60 "$PY" benchmarks/svi_overhead.py --passes --device cuda > "$OUT/passes.md" 2>&1 \
     || tail -5 "$OUT/passes.md"
-tail -5 "$OUT/passes.md" | tee -a "$OUT/summary.txt"
+tail -6 "$OUT/passes.md" | tee -a "$OUT/summary.txt"
 
 if [ -z "${SKIP_AIS_SPEED:-}" ]; then
 echo "== 6. AIS and IW, old against new estimators, on the GPU" | tee -a "$OUT/summary.txt"
