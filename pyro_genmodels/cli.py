@@ -731,6 +731,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         if os.environ.get("PYRO_GENMODELS_DEBUG"):
             raise
+        from .infer import TrainingDiverged
+
+        if isinstance(e, TrainingDiverged) and not _first_process():
+            return EXIT_ERROR  # raised on every process at once: the first one reports it
         expected = isinstance(e, ValueError | OSError | RuntimeError)
         kind = "error" if expected else f"unexpected {type(e).__name__}"
         print(f"pyro-genmodels: {kind}: {_one_line(e)}", file=sys.stderr)

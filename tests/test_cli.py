@@ -248,6 +248,22 @@ def test_console_script_runs(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
+def test_a_diverging_run_ends_in_one_line_from_the_first_process_only(tmp_path, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    """The loss turning NaN is one line on stderr (no per-step warning from Pyro before it);
+    a process other than the first of a multi-process run, where every process raises it at
+    once, leaves the line to the first."""
+    argv = [*TRAIN, "--lr", "1e8", "--epochs", "2", "--limit", "300", "--out"]
+    exe = [sys.executable, "-m", "pyro_genmodels.cli"]
+    done = subprocess.run(exe + argv + [str(tmp_path / "a")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "pyro-genmodels: error: the loss became NaN or infinite in epoch 1" in done.stderr
+    monkeypatch.setattr("pyro_genmodels.cli._first_process", lambda: False)
+    code, _, err = run(capsys, *argv, tmp_path / "b")
+    assert (code, err) == (2, "")
+
+
 def test_evaluate_by_ais_and_bdmc(trained_run, tmp_path, capsys):
     report = tmp_path / "ais.json"
     ais = ["--method", "ais", "--ais-steps", 20, "--ais-chains", 3]
