@@ -1,4 +1,5 @@
-"""Pyro's ``Trace_ELBO`` and ``TraceEnum_ELBO`` as training losses that stay on the device.
+"""Pyro's ``Trace_ELBO`` and ``TraceEnum_ELBO`` as training losses that stay on the device
+(:class:`DeviceLoss` does the same for :class:`~pyro_genmodels.infer.MeanFieldELBO`).
 
 Pyro's ``differentiable_loss`` reads the loss back to the host at every call: ``.item()`` of
 each particle's ELBO (twice per particle in ``Trace_ELBO``), a NaN check of the loss, and
