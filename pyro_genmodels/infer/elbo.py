@@ -15,6 +15,7 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro.distributions.util import is_identically_zero
+from pyro.infer.traceenum_elbo import _compute_dice_elbo  # Pyro's dice ELBO of one particle
 from pyro.infer.util import is_validation_enabled, torch_item
 
 
@@ -61,8 +62,6 @@ class TraceEnumELBO(pyro.infer.TraceEnum_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         if is_validation_enabled():
             return super().differentiable_loss(model, guide, *args, **kwargs)
-        from pyro.infer.traceenum_elbo import _compute_dice_elbo
-
         elbo = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             elbo = elbo + _compute_dice_elbo(model_trace, guide_trace)
